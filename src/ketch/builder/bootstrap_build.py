@@ -1,0 +1,202 @@
+"""Flatten the merged tree into bootstrap tables (docs/format.md §2, §3).
+
+Inodes are numbered breadth-first with names sorted by bytes, so a directory's entries
+are contiguous and its children follow it; a hardlinked inode is numbered where it is
+first met. Digests are computed bottom-up. Every table comes out in an order that
+depends on the tree alone.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections import deque
+from collections.abc import Mapping
+
+from ketch.builder.chunk_index import ChunkIndex
+from ketch.builder.tree import Node
+from ketch.errors import BadLayerError
+from ketch.format.bootstrap_writer import BootstrapTables
+from ketch.format.digests import DigestAlgorithm
+from ketch.format.merkle import NodeAttrs, directory_digest, file_digest, special_digest, symlink_digest
+from ketch.format.records import BlobRecord, ChunkRecord, ChunkRef, DirentRecord, InodeRecord, SuperFlags
+from ketch.format.xattrs import encode_xattrs
+
+_MAX_NAME = 255
+_MAX_U32 = 0xFFFFFFFF
+
+
+class _Strings:
+    """The string table, storing each distinct string once."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._offsets: dict[bytes, int] = {}
+
+    def add(self, value: bytes) -> int:
+        offset = self._offsets.get(value)
+        if offset is None:
+            offset = len(self._data)
+            if offset + len(value) > _MAX_U32:
+                raise BadLayerError("string table exceeds 4 GiB")
+            self._data += value
+            self._offsets[value] = offset
+        return offset
+
+    def bytes(self) -> bytes:
+        return bytes(self._data)
+
+
+def flatten(
+    root: Node,
+    index: ChunkIndex,
+    blob_order: list[str],
+    blob_sizes: Mapping[str, tuple[int, int]],
+    *,
+    algo: DigestAlgorithm,
+    chunk_size: int,
+    cdc: bool,
+    clamp_mtime: int | None = None,
+) -> BootstrapTables:
+    # 1. Number inodes breadth-first; count names per inode for nlink.
+    order: list[Node] = [root]
+    number: dict[int, int] = {id(root): 0}
+    names: dict[int, int] = {id(root): 1}
+    parent_of: list[int] = [0]
+    entries: list[list[tuple[bytes, int]]] = [[]]  # per inode: sorted (name, child index)
+    queue: deque[int] = deque([0])
+    while queue:
+        index_ = queue.popleft()
+        node = order[index_]
+        if node.children is None:
+            continue
+        for name in sorted(node.children):
+            if not name or len(name) > _MAX_NAME or b"/" in name or name in (b".", b".."):
+                raise BadLayerError(f"entry name {name!r}: expected 1 to {_MAX_NAME} bytes, no '/'")
+            child = node.children[name]
+            key = id(child)
+            if key not in number:
+                number[key] = len(order)
+                order.append(child)
+                parent_of.append(index_)
+                entries.append([])
+                names[key] = 0
+                if child.children is not None:
+                    queue.append(number[key])
+            elif child.children is not None:
+                raise BadLayerError(f"directory {name!r} is linked twice")
+            names[key] += 1
+            entries[index_].append((name, number[key]))
+
+    # 2. Chunk table in order of first use; blob table in the given order.
+    blob_index = {digest: i for i, digest in enumerate(blob_order)}
+    chunk_number: dict[bytes, int] = {}
+    chunks: list[ChunkRecord] = []
+    for node in order:
+        for digest, size in node.chunks:
+            if digest in chunk_number:
+                continue
+            location = index.get(digest)
+            if location is None or location.blob is None:
+                raise BadLayerError(f"chunk {digest.hex()} has no stored location")
+            chunk_number[digest] = len(chunks)
+            chunks.append(
+                ChunkRecord(
+                    digest,
+                    blob_index[location.blob],
+                    location.offset,
+                    location.compressed_size,
+                    size,
+                    location.codec,
+                )
+            )
+
+    # 3. Records and digests, children before parents (reverse breadth-first order).
+    strings = _Strings()
+    dirents: list[DirentRecord] = []
+    dirent_start: list[int] = []
+    for i in range(len(order)):
+        dirent_start.append(len(dirents))
+        for name, child in entries[i]:
+            dirents.append(DirentRecord(strings.add(name), len(name), child))
+    chunkrefs: list[ChunkRef] = []
+    chunkref_start: list[int] = []
+    for node in order:
+        chunkref_start.append(len(chunkrefs))
+        position = 0
+        for digest, size in node.chunks:
+            chunkrefs.append(ChunkRef(position, chunk_number[digest]))
+            position += size
+    digests: list[bytes] = [b""] * len(order)
+    inodes: list[InodeRecord | None] = [None] * len(order)
+    for i in range(len(order) - 1, -1, -1):
+        node = order[i]
+        inodes[i] = _record(
+            node, i, entries[i], digests, names[id(node)], parent_of[i], strings,
+            dirent_start[i], chunkref_start[i], algo, clamp_mtime,
+        )
+        digests[i] = inodes[i].digest  # type: ignore[union-attr]
+
+    blobs = []
+    for digest in blob_order:
+        size, count = blob_sizes[digest]
+        blobs.append(BlobRecord(bytes.fromhex(digest[7:]), size, count))
+    return BootstrapTables(
+        digest_algorithm=algo,
+        chunk_size=chunk_size,
+        flags=SuperFlags.CDC_CHUNKER if cdc else SuperFlags(0),
+        inodes=[r for r in inodes if r is not None],
+        dirents=dirents,
+        strings=strings.bytes(),
+        chunkrefs=chunkrefs,
+        chunks=chunks,
+        blobs=blobs,
+    )
+
+
+def _record(
+    node: Node,
+    i: int,
+    children: list[tuple[bytes, int]],
+    digests: list[bytes],
+    name_count: int,
+    parent: int,
+    strings: _Strings,
+    dirent_start: int,
+    chunkref_start: int,
+    algo: DigestAlgorithm,
+    clamp_mtime: int | None,
+) -> InodeRecord:
+    mode = node.mode
+    sec, nsec = node.mtime_sec, node.mtime_nsec
+    if clamp_mtime is not None and (sec, nsec) > (clamp_mtime, 0):
+        sec, nsec = clamp_mtime, 0
+    xattr_block = encode_xattrs(node.xattrs)
+    xattr_offset = strings.add(xattr_block) if xattr_block else 0
+    size = 0
+    data_start = data_count = 0
+    if stat.S_ISDIR(mode):
+        nlink = 2 + sum(1 for child in (node.children or {}).values() if child.is_dir)
+        data_start, data_count = dirent_start, len(children)
+    else:
+        nlink = name_count
+    if stat.S_ISREG(mode):
+        size = sum(s for _, s in node.chunks)
+        data_start, data_count = chunkref_start, len(node.chunks)
+    elif stat.S_ISLNK(mode):
+        size = len(node.link_target)
+        data_start, data_count = strings.add(node.link_target), size
+    rdev = node.rdev if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 0
+    attrs = NodeAttrs(mode, node.uid, node.gid, nlink, size, rdev, sec, nsec, xattr_block)
+    if stat.S_ISDIR(mode):
+        digest = directory_digest(algo, attrs, [(name, digests[c]) for name, c in children])
+    elif stat.S_ISREG(mode):
+        digest = file_digest(algo, attrs, (d for d, _ in node.chunks))
+    elif stat.S_ISLNK(mode):
+        digest = symlink_digest(algo, attrs, node.link_target)
+    else:
+        digest = special_digest(algo, attrs)
+    return InodeRecord(
+        digest, mode, node.uid, node.gid, nlink, size, rdev, sec, nsec, parent,
+        data_start, data_count, xattr_offset, len(xattr_block),
+    )
+

@@ -1,0 +1,96 @@
+"""Cut a file's byte stream into chunks: one class per chunker, one factory.
+
+Fixed chunks cut at multiples of the chunk size; content-defined chunks (FastCDC) cut
+where the data says, so an insertion shifts only the chunks around it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+
+from pyfastcdc import FastCDC
+
+from ketch.errors import UsageError
+
+MIN_CHUNK_SIZE = 4 << 10
+MAX_CHUNK_SIZE = 16 << 20
+DEFAULT_CHUNK_SIZE = 1 << 20
+
+
+def check_chunk_size(size: int) -> int:
+    if size < MIN_CHUNK_SIZE or size > MAX_CHUNK_SIZE or size & (size - 1):
+        raise UsageError(f"chunk size {size}: expected a power of two from 4 KiB to 16 MiB")
+    return size
+
+
+class Chunker(abc.ABC):
+    name: str
+
+    def __init__(self, chunk_size: int) -> None:
+        self.chunk_size = check_chunk_size(chunk_size)
+
+    @abc.abstractmethod
+    def chunkify(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        """Chunks of the concatenated ``blocks``, in order, none empty."""
+
+
+class FixedChunker(Chunker):
+    name = "fixed"
+
+    def chunkify(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        size = self.chunk_size
+        pending = bytearray()
+        for block in blocks:
+            if not pending and len(block) == size:
+                yield block
+                continue
+            pending += block
+            while len(pending) >= size:
+                yield bytes(pending[:size])
+                del pending[:size]
+        if pending:
+            yield bytes(pending)
+
+
+class _BlockReader:
+    """Adapts an iterable of blocks to the ``read(n)`` FastCDC pulls from."""
+
+    def __init__(self, blocks: Iterable[bytes]) -> None:
+        self._blocks = iter(blocks)
+        self._buffer = b""
+
+    def read(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            block = next(self._blocks, None)
+            if block is None:
+                break
+            self._buffer += block
+        out, self._buffer = self._buffer[:n], self._buffer[n:]
+        return out
+
+
+class CdcChunker(Chunker):
+    """FastCDC 2020: average ``chunk_size``, minimum a quarter, maximum four times."""
+
+    name = "cdc"
+
+    def __init__(self, chunk_size: int) -> None:
+        super().__init__(chunk_size)
+        average = min(chunk_size, 4 << 20)
+        self._cdc = FastCDC(
+            average, min_size=min(average // 4, 1 << 20), max_size=min(average * 4, MAX_CHUNK_SIZE)
+        )
+
+    def chunkify(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in self._cdc.cut_stream(_BlockReader(blocks)):
+            # The view is only valid until the next chunk is cut.
+            yield bytes(chunk.data)
+
+
+def make_chunker(kind: str, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Chunker:
+    if kind == "fixed":
+        return FixedChunker(chunk_size)
+    if kind == "cdc":
+        return CdcChunker(chunk_size)
+    raise UsageError(f"chunker {kind!r}: expected fixed or cdc")

@@ -1,0 +1,98 @@
+"""A local directory as the entries of one layer, walked depth-first with sorted names."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from ketch.builder.layer_builder import DataSource
+from ketch.errors import NotFoundError
+from ketch.oci.tar_layer import EntryKind, LayerEntry
+
+_KINDS = {
+    stat.S_IFREG: EntryKind.FILE,
+    stat.S_IFDIR: EntryKind.DIR,
+    stat.S_IFLNK: EntryKind.SYMLINK,
+    stat.S_IFCHR: EntryKind.CHAR,
+    stat.S_IFBLK: EntryKind.BLOCK,
+    stat.S_IFIFO: EntryKind.FIFO,
+}
+
+
+def _xattrs(path: bytes) -> dict[bytes, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM):
+            return {}
+        raise
+    out: dict[bytes, bytes] = {}
+    for name in names:
+        if name == "security.selinux":
+            continue  # a property of the build host, not of the image
+        out[name.encode("utf-8", "surrogateescape")] = os.getxattr(path, name, follow_symlinks=False)
+    return out
+
+
+def _reader(path: bytes, size: int) -> DataSource:
+    def read(block: int) -> Iterable[bytes]:
+        remaining = size
+        with open(path, "rb") as f:  # noqa: PTH123 - bytes paths
+            while remaining > 0:
+                data = f.read(min(block, remaining))
+                if not data:
+                    raise NotFoundError(f"{os.fsdecode(path)}: shrank while being read")
+                remaining -= len(data)
+                yield data
+
+    return read
+
+
+def directory_entries(root: Path) -> Iterator[tuple[LayerEntry, DataSource | None]]:
+    """Entries of the tree below ``root`` (root itself as the entry with the empty path)."""
+    if not root.is_dir():
+        raise NotFoundError(f"{root}: not a directory")
+    base = os.fsencode(root)
+    seen_inodes: dict[tuple[int, int], tuple[bytes, ...]] = {}
+
+    def walk(rel: tuple[bytes, ...]) -> Iterator[tuple[LayerEntry, DataSource | None]]:
+        full = os.path.join(base, *rel) if rel else base
+        st = os.lstat(full)
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+        if kind is None:
+            return  # sockets cannot be part of an image
+        entry = LayerEntry(
+            path=rel,
+            kind=kind,
+            mode=stat.S_IFMT(st.st_mode) | stat.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            mtime_sec=st.st_mtime_ns // 1_000_000_000,
+            mtime_nsec=st.st_mtime_ns % 1_000_000_000,
+            xattrs=_xattrs(full),
+        )
+        if kind is EntryKind.FILE and st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in seen_inodes:
+                yield LayerEntry(path=rel, kind=EntryKind.HARDLINK, link_path=seen_inodes[key]), None
+                return
+            seen_inodes[key] = rel
+        if kind is EntryKind.FILE:
+            entry.size = st.st_size
+            yield entry, _reader(full, st.st_size)
+        elif kind is EntryKind.SYMLINK:
+            entry.link_target = os.readlink(full)
+            entry.size = len(entry.link_target)
+            yield entry, None
+        elif kind is EntryKind.DIR:
+            yield entry, None
+            for name in sorted(os.listdir(full)):
+                yield from walk((*rel, name))
+        else:
+            entry.rdev = st.st_rdev
+            yield entry, None
+
+    yield from walk(())

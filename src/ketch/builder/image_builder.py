@@ -1,0 +1,271 @@
+"""Build a Ketch image: source layers -> tree -> chunks -> blobs + bootstrap -> manifest.
+
+One builder core serves both sources, an OCI image and a local directory. Blobs are
+published first, then the bootstrap, config and manifest; the tag moves last, so an
+interrupted build leaves the destination's tags as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ketch.builder.bootstrap_build import flatten
+from ketch.builder.chunk_index import ChunkIndex
+from ketch.builder.chunker import DEFAULT_CHUNK_SIZE, make_chunker
+from ketch.builder.dir_source import directory_entries
+from ketch.builder.layer_builder import DataSource, LayerBuilder, LayerResult
+from ketch.builder.tree import Tree
+from ketch.errors import UnsupportedError
+from ketch.format.bootstrap_writer import write_bootstrap
+from ketch.format.codecs import codec_by_name
+from ketch.format.digests import DigestAlgorithm, sha256_hex
+from ketch.format.records import FORMAT_VERSION
+from ketch.oci import mediatypes as mt
+from ketch.oci.layer_stream import LayerStream
+from ketch.oci.manifest import Descriptor, Manifest, Platform, canonical_json, load_json
+from ketch.oci.tar_layer import EntryKind, LayerEntry, LayerReader
+from ketch.storage.ketch_image import KetchImage
+from ketch.storage.store import ImageStore
+
+
+@dataclass(slots=True)
+class BuildOptions:
+    chunker: str = "fixed"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    compressor: str = "zstd"
+    compression_level: int | None = None
+    digest: str = "blake3"
+    source_date_epoch: int | None = None
+    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    chunk_dicts: list[KetchImage] = field(default_factory=list)
+    platform: Platform | None = None
+
+
+class Progress:
+    """What the builder reports while it works; the CLI draws it."""
+
+    def layer_started(self, name: str, total: int | None) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def layer_finished(self, name: str) -> None: ...
+
+
+@dataclass(slots=True)
+class LayerSummary:
+    source: str
+    blob: str | None
+    blob_size: int
+    file_bytes: int
+    chunks: int
+    stored_chunks: int
+
+
+@dataclass(slots=True)
+class BuildSummary:
+    reference: str
+    manifest_digest: str
+    root_digest: str
+    bootstrap_digest: str
+    bootstrap_size: int
+    source_manifest: str | None
+    layers: list[LayerSummary]
+    blobs: list[dict[str, Any]]
+    file_bytes: int
+    stored_bytes: int
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ImageBuilder:
+    def __init__(self, dest: ImageStore, options: BuildOptions, progress: Progress | None = None) -> None:
+        self.dest = dest
+        self.options = options
+        self.progress = progress or Progress()
+        self.algo = DigestAlgorithm.from_name(options.digest)
+        self.codec = codec_by_name(options.compressor, options.compression_level)
+        self.chunker = make_chunker(options.chunker, options.chunk_size)
+        self.index = ChunkIndex()
+        for image in options.chunk_dicts:
+            if image.bootstrap.digest_algorithm is not self.algo:
+                raise UnsupportedError(
+                    f"chunk dict {image.name}: digest {image.bootstrap.digest_algorithm.label}, "
+                    f"but this build uses {self.algo.label}"
+                )
+            self.index.add_dictionary(image.bootstrap, image.store)
+        self.tree = Tree()
+        self.layers: list[LayerSummary] = []
+        self.layer_blobs: list[tuple[str, int, int]] = []  # (digest, size, chunks) in layer order
+        self._started = time.monotonic()
+
+    # -- sources ----------------------------------------------------------------------
+
+    def convert(self, source: ImageStore, tag: str) -> tuple[Manifest, str, dict[str, Any]]:
+        """Add every layer of an OCI image; its manifest, digest and config."""
+        descriptor, manifest, _ = source.resolve(tag, self.options.platform)
+        config = load_json(source.read_blob(manifest.config.digest, max_size=4 << 20), "image config")
+        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="chunk") as pool:
+            for number, layer in enumerate(manifest.layers):
+                compression = mt.LAYER_COMPRESSION.get(layer.media_type)
+                if compression is None:
+                    raise UnsupportedError(
+                        f"{source.name}:{tag}: layer {number} media type {layer.media_type!r} is not a tar layer"
+                    )
+                with contextlib.closing(source.open_blob(layer.digest)) as raw:
+                    stream = LayerStream(raw, compression, layer.digest, size=layer.size)
+                    try:
+                        reader = LayerReader(stream, layer.digest)  # type: ignore[arg-type]
+                        self._add_layer(pool, layer.digest, _tar_entries(reader), layer.size)
+                        stream.finish()
+                    finally:
+                        stream.close()
+        return manifest, descriptor.digest, config
+
+    def add_directory(self, root: Path) -> None:
+        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="chunk") as pool:
+            self._add_layer(pool, str(root), directory_entries(root), None)
+
+    def _add_layer(
+        self,
+        pool: ThreadPoolExecutor,
+        name: str,
+        entries: Iterator[tuple[LayerEntry, DataSource | None]],
+        total: int | None,
+    ) -> None:
+        self.progress.layer_started(name, total)
+        builder = LayerBuilder(
+            scratch=self.dest.scratch_dir(),
+            chunker=self.chunker,
+            codec=self.codec,
+            algo=self.algo,
+            index=self.index,
+            pool=pool,
+            on_bytes=self.progress.advance,
+        )
+        result: LayerResult = builder.build(name, entries)
+        self.tree.apply(result.changes)
+        blob = result.blob
+        if blob is not None:
+            self.layer_blobs.append((blob.digest, blob.size, blob.chunk_count))
+            tmp = self.dest.scratch_dir() / (".tmp-blob-" + blob.digest[7:])
+            self.dest.push_blob_file(tmp, blob.digest)
+        self.layers.append(
+            LayerSummary(
+                name,
+                blob.digest if blob else None,
+                blob.size if blob else 0,
+                result.file_bytes,
+                result.chunks_seen,
+                result.chunks_stored,
+            )
+        )
+        self.progress.layer_finished(name)
+
+    # -- output -----------------------------------------------------------------------
+
+    def finish(
+        self,
+        tag: str,
+        *,
+        config: dict[str, Any] | None = None,
+        source_manifest: str | None = None,
+    ) -> BuildSummary:
+        # Blob table: this image's layer blobs in layer order, then the dictionary blobs
+        # its tree references, by digest.
+        own = [d for d, _, _ in self.layer_blobs]
+        sizes: dict[str, tuple[int, int]] = {d: (s, n) for d, s, n in self.layer_blobs}
+        referenced = {self.index.chunks[d].blob for node in self.tree.nodes() for d, _ in node.chunks}
+        borrowed = sorted(d for d in referenced if d is not None and d not in sizes)
+        for digest in borrowed:
+            _, size, count = self.index.dict_blobs[digest]
+            sizes[digest] = (size, count)
+        tables = flatten(
+            self.tree.root,
+            self.index,
+            own + borrowed,
+            sizes,
+            algo=self.algo,
+            chunk_size=self.chunker.chunk_size,
+            cdc=self.chunker.name == "cdc",
+            clamp_mtime=self.options.source_date_epoch,
+        )
+        for digest in borrowed:
+            self.dest.copy_blob_from(self.index.dict_blobs[digest][0], digest)
+        bootstrap = write_bootstrap(tables)
+        bootstrap_digest = sha256_hex(bootstrap)
+        self.dest.push_blob_bytes(bootstrap, bootstrap_digest)
+        root_digest = f"{self.algo.label}:{tables.inodes[0].digest.hex()}"
+
+        layers = [
+            Descriptor(
+                mt.KETCH_BLOB, blob.oci_digest, blob.size, {mt.ANNOTATION_KETCH_CHUNKS: str(blob.chunk_count)}
+            )
+            for blob in tables.blobs
+        ]
+        layers.append(
+            Descriptor(
+                mt.KETCH_BOOTSTRAP,
+                bootstrap_digest,
+                len(bootstrap),
+                {
+                    mt.ANNOTATION_KETCH_BOOTSTRAP: "true",
+                    mt.ANNOTATION_KETCH_ROOT: root_digest,
+                    mt.ANNOTATION_KETCH_VERSION: str(FORMAT_VERSION),
+                },
+            )
+        )
+        config_bytes = canonical_json(_ketch_config(config, [d.digest for d in layers]))
+        config_digest = sha256_hex(config_bytes)
+        self.dest.push_blob_bytes(config_bytes, config_digest)
+        annotations = {mt.ANNOTATION_KETCH_ROOT: root_digest}
+        if source_manifest:
+            annotations[mt.ANNOTATION_KETCH_SOURCE] = source_manifest
+        manifest = Manifest(
+            mt.OCI_MANIFEST,
+            Descriptor(mt.OCI_CONFIG, config_digest, len(config_bytes)),
+            layers,
+            annotations,
+        )
+        manifest_bytes = manifest.to_bytes()
+        descriptor = self.dest.put_manifest(manifest_bytes, mt.OCI_MANIFEST, tag)
+        file_bytes = sum(layer.file_bytes for layer in self.layers)
+        return BuildSummary(
+            reference=f"{self.dest.name}:{tag}",
+            manifest_digest=descriptor.digest,
+            root_digest=root_digest,
+            bootstrap_digest=bootstrap_digest,
+            bootstrap_size=len(bootstrap),
+            source_manifest=source_manifest,
+            layers=self.layers,
+            blobs=[{"digest": b.oci_digest, "size": b.size, "chunks": b.chunk_count} for b in tables.blobs],
+            file_bytes=file_bytes,
+            stored_bytes=sum(b.size for b in tables.blobs),
+            seconds=round(time.monotonic() - self._started, 3),
+        )
+
+
+def _tar_entries(reader: LayerReader) -> Iterator[tuple[LayerEntry, DataSource | None]]:
+    for entry in reader.entries():
+        yield entry, (reader.read_data if entry.kind is EntryKind.FILE else None)
+
+
+def _ketch_config(source: dict[str, Any] | None, layer_digests: list[str]) -> dict[str, Any]:
+    """The source image's config with rootfs naming our layers; its history is per source
+    layer, so it is dropped rather than left describing layers that are not there."""
+    config: dict[str, Any] = json.loads(json.dumps(source)) if source else {}
+    config.setdefault("architecture", "amd64")
+    config.setdefault("os", "linux")
+    config.setdefault("config", {})
+    config.pop("history", None)
+    config["rootfs"] = {"type": "layers", "diff_ids": layer_digests}
+    return config

@@ -1,0 +1,188 @@
+"""Turn one layer's entries into tree changes and one data blob.
+
+Chunks are hashed and compressed on a thread pool (blake3, zstd and lz4 release the GIL),
+in bounded flight; dedup decisions are taken in order on the calling thread. New chunks
+are spooled in arrival order, then the blob is laid out in tree order (depth-first,
+names sorted), so its bytes do not depend on tar order. When arrival order already is
+tree order (umoci and Docker write layers that way) the spool becomes the blob as is.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ketch.builder.chunk_index import ChunkIndex, ChunkLocation
+from ketch.builder.chunker import Chunker
+from ketch.builder.tree import LayerChanges, Node
+from ketch.errors import BadLayerError
+from ketch.format.blob import BlobWriter
+from ketch.format.codecs import Codec
+from ketch.format.digests import DigestAlgorithm
+from ketch.oci.tar_layer import EntryKind, LayerEntry
+
+# A file's data: call with a block size, get its bytes in blocks.
+DataSource = Callable[[int], Iterable[bytes]]
+_IN_FLIGHT_BYTES = 64 << 20
+_READ_BLOCK = 1 << 20
+
+
+@dataclass(slots=True)
+class LayerBlob:
+    digest: str
+    size: int
+    chunk_count: int
+
+
+@dataclass(slots=True)
+class LayerResult:
+    changes: LayerChanges
+    blob: LayerBlob | None
+    file_bytes: int
+    chunks_seen: int
+    chunks_stored: int
+
+
+class LayerBuilder:
+    def __init__(
+        self,
+        *,
+        scratch: Path,
+        chunker: Chunker,
+        codec: Codec,
+        algo: DigestAlgorithm,
+        index: ChunkIndex,
+        pool: ThreadPoolExecutor,
+        on_bytes: Callable[[int], None] = lambda _: None,
+    ) -> None:
+        self._scratch = scratch
+        self._chunker = chunker
+        self._codec = codec
+        self._algo = algo
+        self._index = index
+        self._pool = pool
+        self._on_bytes = on_bytes
+
+    def _hash_and_compress(self, data: bytes) -> tuple[bytes, bytes | None, int]:
+        digest = self._algo.digest(data)
+        if digest in self._index:
+            return digest, None, len(data)
+        return digest, self._codec.compress(data), len(data)
+
+    def build(self, name: str, entries: Iterator[tuple[LayerEntry, DataSource | None]]) -> LayerResult:
+        changes = LayerChanges(name)
+        fd, spool_name = tempfile.mkstemp(prefix=".tmp-spool-", dir=self._scratch)
+        spool_path = Path(spool_name)
+        try:
+            with os.fdopen(fd, "w+b") as spool_file:
+                return self._build(name, entries, changes, spool_file, spool_path)
+        finally:
+            spool_path.unlink(missing_ok=True)
+
+    def _build(
+        self,
+        name: str,
+        entries: Iterator[tuple[LayerEntry, DataSource | None]],
+        changes: LayerChanges,
+        spool_file: object,
+        spool_path: Path,
+    ) -> LayerResult:
+        spool = BlobWriter(spool_file, self._algo)  # type: ignore[arg-type]
+        new: dict[bytes, ChunkLocation] = {}
+        arrival: list[bytes] = []
+        inflight: deque[tuple[Node, Future[tuple[bytes, bytes | None, int]]]] = deque()
+        inflight_bytes = 0
+        file_bytes = 0
+        seen = 0
+
+        def settle() -> None:
+            nonlocal inflight_bytes, seen
+            node, future = inflight.popleft()
+            digest, compressed, size = future.result()
+            inflight_bytes -= size
+            seen += 1
+            node.chunks.append((digest, size))
+            if digest in self._index:
+                return
+            if compressed is None:  # cannot happen: the index only grows
+                raise BadLayerError(f"layer {name}: chunk {digest.hex()} lost its data")
+            entry = spool.add(digest, compressed, size, self._codec.codec_id)
+            location = ChunkLocation(None, entry.compressed_offset, len(compressed), size, self._codec.codec_id)
+            self._index.add(digest, location)
+            new[digest] = location
+            arrival.append(digest)
+
+        try:
+            for entry, data in entries:
+                if entry.kind is not EntryKind.FILE or data is None:
+                    node = None
+                    if entry.kind not in (EntryKind.WHITEOUT, EntryKind.OPAQUE, EntryKind.HARDLINK):
+                        node = Node.from_entry(entry)
+                    changes.add(entry, node)
+                    continue
+                node = Node.from_entry(entry)
+                for chunk in self._chunker.chunkify(data(_READ_BLOCK)):
+                    inflight.append((node, self._pool.submit(self._hash_and_compress, chunk)))
+                    inflight_bytes += len(chunk)
+                    file_bytes += len(chunk)
+                    self._on_bytes(len(chunk))
+                    while inflight_bytes > _IN_FLIGHT_BYTES:
+                        settle()
+                changes.add(entry, node)
+            while inflight:
+                settle()
+        finally:
+            for _, future in inflight:
+                future.cancel()
+        blob = self._seal(changes, spool, spool_file, spool_path, new, arrival)
+        return LayerResult(changes, blob, file_bytes, seen, len(new))
+
+    def _seal(
+        self,
+        changes: LayerChanges,
+        spool: BlobWriter,
+        spool_file: object,
+        spool_path: Path,
+        new: dict[bytes, ChunkLocation],
+        arrival: list[bytes],
+    ) -> LayerBlob | None:
+        if not new:
+            return None
+        order: list[bytes] = []
+        placed: set[bytes] = set()
+        for path in changes.file_paths_in_order():
+            for digest, _ in changes.nodes[path][1].chunks:
+                if digest in new and digest not in placed:
+                    placed.add(digest)
+                    order.append(digest)
+        # Chunks only of entries a later entry of the same path replaced: by digest.
+        order.extend(sorted(d for d in new if d not in placed))
+        if order == arrival:
+            digest, size = spool.finish()
+            spool_file.flush()  # type: ignore[attr-defined]
+            final = spool_path.with_name(".tmp-blob-" + digest[7:])
+            os.replace(spool_path, final)
+            for location in new.values():
+                location.blob = digest
+            return LayerBlob(digest, size, len(order))
+        spool_file.flush()  # type: ignore[attr-defined]
+        fd, out_name = tempfile.mkstemp(prefix=".tmp-blob-", dir=self._scratch)
+        with os.fdopen(fd, "wb") as out:
+            writer = BlobWriter(out, self._algo)
+            src = spool_file.fileno()  # type: ignore[attr-defined]
+            for chunk_digest in order:
+                location = new[chunk_digest]
+                data = os.pread(src, location.compressed_size, location.offset)
+                entry = writer.add(chunk_digest, data, location.uncompressed_size, location.codec)
+                location.offset = entry.compressed_offset
+            digest, size = writer.finish()
+        final = Path(out_name).with_name(".tmp-blob-" + digest[7:])
+        os.replace(out_name, final)
+        for location in new.values():
+            location.blob = digest
+        return LayerBlob(digest, size, len(order))

@@ -1,0 +1,214 @@
+"""The merged filesystem tree the builder assembles, and OCI layer overlay on it.
+
+Layers are applied bottom-up with the image-spec's rules: an opaque marker hides the
+lower contents of its directory, a whiteout deletes one lower entry, an entry replaces
+what was there (a directory over a directory merges). Within a layer, changes are
+applied in path order, never tar order, so the result does not depend on tar order.
+Parent paths are resolved inside the root, following symlinks as umoci's securejoin
+does, so no entry can land outside the tree.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ketch.errors import BadLayerError
+from ketch.oci.tar_layer import EntryKind, LayerEntry
+
+_MAX_SYMLINK_HOPS = 40
+ChunkList = list[tuple[bytes, int]]  # (digest, uncompressed size) in file order
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    mtime_sec: int = 0
+    mtime_nsec: int = 0
+    size: int = 0
+    rdev: int = 0
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    link_target: bytes = b""
+    chunks: ChunkList = field(default_factory=list)
+    children: dict[bytes, Node] | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+    @classmethod
+    def directory(cls, mode: int = 0o755) -> Node:
+        return cls(mode=stat.S_IFDIR | mode, children={})
+
+    @classmethod
+    def from_entry(cls, entry: LayerEntry, chunks: ChunkList | None = None) -> Node:
+        node = cls(
+            mode=entry.mode,
+            uid=entry.uid,
+            gid=entry.gid,
+            mtime_sec=entry.mtime_sec,
+            mtime_nsec=entry.mtime_nsec,
+            size=entry.size,
+            rdev=entry.rdev,
+            xattrs=dict(entry.xattrs),
+            link_target=entry.link_target,
+            chunks=chunks or [],
+        )
+        if entry.kind is EntryKind.DIR:
+            node.children = {}
+            node.size = 0
+        return node
+
+    def take_attributes(self, entry: LayerEntry) -> None:
+        """A directory entry over an existing directory: new attributes, same children."""
+        self.mode = entry.mode
+        self.uid, self.gid = entry.uid, entry.gid
+        self.mtime_sec, self.mtime_nsec = entry.mtime_sec, entry.mtime_nsec
+        self.xattrs = dict(entry.xattrs)
+
+
+@dataclass(slots=True)
+class LayerChanges:
+    """What one layer does, collected while its tar streams by."""
+
+    name: str
+    opaque: set[tuple[bytes, ...]] = field(default_factory=set)
+    whiteouts: set[tuple[bytes, ...]] = field(default_factory=set)
+    nodes: dict[tuple[bytes, ...], tuple[LayerEntry, Node]] = field(default_factory=dict)
+    hardlinks: dict[tuple[bytes, ...], LayerEntry] = field(default_factory=dict)
+
+    def add(self, entry: LayerEntry, node: Node | None = None) -> None:
+        # The last entry for a path wins, as when extracting the tar in order.
+        self.nodes.pop(entry.path, None)
+        self.hardlinks.pop(entry.path, None)
+        if entry.kind is EntryKind.OPAQUE:
+            self.opaque.add(entry.path)
+        elif entry.kind is EntryKind.WHITEOUT:
+            self.whiteouts.add(entry.path)
+        elif entry.kind is EntryKind.HARDLINK:
+            self.hardlinks[entry.path] = entry
+        elif node is not None:
+            self.nodes[entry.path] = (entry, node)
+
+    def file_paths_in_order(self) -> list[tuple[bytes, ...]]:
+        """Regular files of this layer in tree (depth-first, sorted) order."""
+        return sorted(p for p, (_, node) in self.nodes.items() if stat.S_ISREG(node.mode))
+
+
+class Tree:
+    def __init__(self, root_mode: int = 0o755) -> None:
+        self.root = Node.directory(root_mode)
+
+    def nodes(self) -> Iterator[Node]:
+        """Every node once (a hardlinked inode is yielded once per name)."""
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.children:
+                stack.extend(node.children.values())
+
+    # -- resolution inside the root ----------------------------------------------------
+
+    def _walk(self, path: tuple[bytes, ...], layer: str, *, create: bool) -> Node | None:
+        """The directory ``path`` names, following symlinks confined to the root."""
+        node = self.root
+        stack: list[Node] = []
+        pending = list(path)
+        hops = 0
+        while pending:
+            name = pending.pop(0)
+            if name == b"..":
+                node = stack.pop() if stack else self.root
+                continue
+            children = _children_of(node, layer, path)
+            child = children.get(name)
+            if child is None:
+                if not create:
+                    return None
+                child = Node.directory()
+                children[name] = child
+            if stat.S_ISLNK(child.mode):
+                hops += 1
+                if hops > _MAX_SYMLINK_HOPS:
+                    raise BadLayerError(f"layer {layer}: too many symlinks resolving {_show(path)}")
+                target = child.link_target
+                parts = [p for p in target.split(b"/") if p not in (b"", b".")]
+                if target.startswith(b"/"):
+                    node, stack = self.root, []
+                pending[:0] = parts
+                continue
+            if not child.is_dir:
+                if create:
+                    raise BadLayerError(
+                        f"layer {layer}: {_show(path)} passes through a non-directory at {name!r}"
+                    )
+                return None
+            stack.append(node)
+            node = child
+        return node
+
+    def lookup(self, path: tuple[bytes, ...]) -> Node | None:
+        """The node at ``path`` without following a final symlink; None if absent."""
+        if not path:
+            return self.root
+        parent = self._walk(path[:-1], "", create=False)
+        if parent is None or parent.children is None:
+            return None
+        return parent.children.get(path[-1])
+
+    def _parent_children(self, path: tuple[bytes, ...], layer: str) -> dict[bytes, Node]:
+        """The children of ``path``'s parent, creating missing directories on the way."""
+        parent = self._walk(path[:-1], layer, create=True)
+        if parent is None:
+            raise BadLayerError(f"layer {layer}: no parent directory for {_show(path)}")
+        return _children_of(parent, layer, path)
+
+    # -- applying a layer -------------------------------------------------------------
+
+    def apply(self, changes: LayerChanges) -> None:
+        layer = changes.name
+        for path in sorted(changes.opaque):
+            directory = self._walk(path, layer, create=False) if path else self.root
+            if directory is not None and directory.children is not None:
+                directory.children.clear()
+        for path in sorted(changes.whiteouts):
+            parent = self._walk(path[:-1], layer, create=False)
+            if parent is not None and parent.children is not None:
+                parent.children.pop(path[-1], None)
+        for path in sorted(changes.nodes):
+            entry, node = changes.nodes[path]
+            if not path:
+                self.root.take_attributes(entry)
+                continue
+            siblings = self._parent_children(path, layer)
+            existing = siblings.get(path[-1])
+            if node.is_dir and existing is not None and existing.is_dir:
+                existing.take_attributes(entry)
+            else:
+                siblings[path[-1]] = node
+        for path in sorted(changes.hardlinks):
+            entry = changes.hardlinks[path]
+            target = self.lookup(entry.link_path)
+            if target is None:
+                raise BadLayerError(
+                    f"layer {layer}: hardlink {_show(path)} -> {_show(entry.link_path)}: target not found"
+                )
+            if target.is_dir:
+                raise BadLayerError(f"layer {layer}: hardlink {_show(path)} points at a directory")
+            if not path:
+                raise BadLayerError(f"layer {layer}: hardlink replaces the root")
+            self._parent_children(path, layer)[path[-1]] = target
+
+
+def _children_of(node: Node, layer: str, path: tuple[bytes, ...]) -> dict[bytes, Node]:
+    if node.children is None:
+        raise BadLayerError(f"layer {layer}: {_show(path)} passes through a non-directory")
+    return node.children
+
+
+def _show(path: tuple[bytes, ...]) -> str:
+    return repr("/" + b"/".join(path).decode(errors="replace"))

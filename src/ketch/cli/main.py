@@ -1,0 +1,288 @@
+"""The ``ketch`` command: parse arguments, call the library, print results. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ketch import __version__
+from ketch.builder.chunker import DEFAULT_CHUNK_SIZE
+from ketch.builder.image_builder import BuildOptions, BuildSummary, ImageBuilder
+from ketch.cli.progress import RichProgress
+from ketch.errors import KetchError, UsageError
+from ketch.fs.check import check_image
+from ketch.fs.image_fs import ImageFS
+from ketch.fs.summary import entry_summary, image_summary
+from ketch.fs.unpack import unpack
+from ketch.oci.manifest import Platform
+from ketch.storage.chunk_reader import ChunkReader
+from ketch.storage.ketch_image import KetchImage, open_ketch_image
+from ketch.storage.open import open_store
+
+_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)(i?B)?$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1048576, 64K, 1M, 2GiB)")
+    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _open_image(reference: str) -> KetchImage:
+    store, tag = open_store(reference)
+    return open_ketch_image(store, tag)
+
+
+# -- build and convert ----------------------------------------------------------------
+
+
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chunker", choices=("fixed", "cdc"), default="fixed",
+                   help="fixed-size chunks, or content-defined (FastCDC) (default: fixed)")
+    p.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE,
+                   help="chunk size, a power of two from 4K to 16M (default: 1M)")
+    p.add_argument("--compressor", choices=("zstd", "lz4", "none"), default="zstd",
+                   help="chunk compressor (default: zstd)")
+    p.add_argument("--compression-level", type=int, default=None, help="zstd level (default: 3)")
+    p.add_argument("--digest", choices=("blake3", "sha256"), default="blake3",
+                   help="chunk and node digest (default: blake3)")
+    p.add_argument("--source-date-epoch", type=int,
+                   default=int(os.environ["SOURCE_DATE_EPOCH"]) if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit() else None,
+                   help="clamp every mtime to at most this time (default: $SOURCE_DATE_EPOCH)")
+    p.add_argument("--chunk-dict", action="append", default=[], metavar="IMAGE",
+                   help="reference chunks already stored in this Ketch image's blobs (repeatable)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="hash/compress threads")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _build_options(args: argparse.Namespace) -> BuildOptions:
+    return BuildOptions(
+        chunker=args.chunker,
+        chunk_size=args.chunk_size,
+        compressor=args.compressor,
+        compression_level=args.compression_level,
+        digest=args.digest,
+        source_date_epoch=args.source_date_epoch,
+        workers=max(1, args.workers),
+        chunk_dicts=[_open_image(ref) for ref in args.chunk_dict],
+        platform=Platform.parse(args.platform) if getattr(args, "platform", None) else None,
+    )
+
+
+def _print_build(summary: BuildSummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary.to_json(), indent=2))
+        return
+    print(f"{summary.reference}")
+    print(f"  manifest    {summary.manifest_digest}")
+    print(f"  root        {summary.root_digest}")
+    print(f"  bootstrap   {summary.bootstrap_digest} ({_human(summary.bootstrap_size)})")
+    for layer in summary.layers:
+        stored = f"{layer.blob[:19]} {_human(layer.blob_size)}" if layer.blob else "nothing new"
+        print(
+            f"  layer {layer.source[:19]:<19}  {_human(layer.file_bytes):>10} in "
+            f"{layer.chunks} chunks, {layer.stored_chunks} new -> {stored}"
+        )
+    ratio = summary.stored_bytes / summary.file_bytes if summary.file_bytes else 0.0
+    print(
+        f"  {_human(summary.file_bytes)} of file data stored as {_human(summary.stored_bytes)} "
+        f"({ratio:.0%}) in {summary.seconds:.1f}s"
+    )
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    source, source_tag = open_store(args.source)
+    dest, dest_tag = open_store(args.dest, create=True)
+    options = _build_options(args)
+    with RichProgress(enabled=None if not args.json else False) as progress:
+        builder = ImageBuilder(dest, options, progress)
+        _, source_digest, config = builder.convert(source, source_tag)
+        summary = builder.finish(dest_tag, config=config, source_manifest=source_digest)
+    _print_build(summary, args.json)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    dest, dest_tag = open_store(args.dest, create=True)
+    options = _build_options(args)
+    config: dict[str, Any] = {"architecture": "amd64", "os": "linux", "config": {}}
+    if args.cmd:
+        config["config"]["Cmd"] = args.cmd
+    if args.env:
+        config["config"]["Env"] = args.env
+    if args.workdir:
+        config["config"]["WorkingDir"] = args.workdir
+    with RichProgress(enabled=None if not args.json else False) as progress:
+        builder = ImageBuilder(dest, options, progress)
+        builder.add_directory(Path(args.rootfs))
+        summary = builder.finish(dest_tag, config=config)
+    _print_build(summary, args.json)
+    return 0
+
+
+# -- read it back ---------------------------------------------------------------------
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    image = _open_image(args.image)
+    reader = ChunkReader(image.store, image.bootstrap.digest_algorithm)
+    fs = ImageFS(image.bootstrap, reader)
+    total = image_summary(image)["bytes"]
+    with RichProgress(enabled=None if not args.json else False) as progress:
+        task = progress.bytes_task("unpack", total)
+        files = unpack(fs, Path(args.dest), lambda n: progress.advance_task(task, n))
+    result = {"reference": image.name, "dest": args.dest, "files": files, "bytes": total,
+              "fetched_bytes": reader.backend_bytes}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"unpacked {image.name} to {args.dest}: {files} files, {_human(total)}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    image = _open_image(args.image)
+    if args.path:
+        entry = entry_summary(image.bootstrap, args.path)
+        if args.json:
+            print(json.dumps(entry, indent=2))
+        else:
+            _print_entry(entry)
+        return 0
+    summary = image_summary(image)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(summary["reference"])
+    print(f"  manifest       {summary['manifest_digest']}")
+    print(f"  root digest    {summary['root_digest']}")
+    print(f"  bootstrap      {summary['bootstrap']['digest']} ({_human(summary['bootstrap']['size'])})")
+    print(f"  chunking       {summary['chunker']}, {_human(summary['chunk_size'])}")
+    print(
+        f"  tree           {summary['files']} files, {summary['directories']} directories, "
+        f"{summary['symlinks']} symlinks, {summary['other']} other"
+    )
+    print(f"  file data      {_human(summary['bytes'])} in {summary['chunks']} chunks, "
+          f"{summary['unique_chunks']} unique ({_human(summary['unique_bytes'])})")
+    print(f"  stored         {_human(summary['stored_bytes'])} in {len(summary['blobs'])} blobs")
+    for blob in summary["blobs"]:
+        print(f"    {blob['digest']}  {_human(blob['size']):>10}  {blob['chunks']} chunks")
+    return 0
+
+
+def _print_entry(entry: dict[str, Any]) -> None:
+    for key, value in entry.items():
+        if key == "chunks":
+            print(f"  chunks ({len(value)}):")
+            for chunk in value:
+                print(
+                    f"    @{chunk['file_offset']:<12} {chunk['size']:>9} B  {chunk['digest'][:16]}  "
+                    f"{chunk['blob'][:19]}+{chunk['compressed_offset']} ({chunk['compressed_size']} B)"
+                )
+        else:
+            print(f"  {key:<8} {value}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    image = _open_image(args.image)
+    with RichProgress(enabled=None if not args.json else False) as progress:
+        task = progress.bytes_task("check", image_summary(image)["unique_bytes"])
+        report = check_image(image, lambda n: progress.advance_task(task, n))
+    if args.json:
+        print(json.dumps({"reference": image.name, "ok": report.ok, "blobs": report.blobs,
+                          "chunks": report.chunks, "bytes": report.bytes,
+                          "problems": report.problems}, indent=2))
+    else:
+        for problem in report.problems:
+            print(f"FAIL {problem}")
+        state = "ok" if report.ok else f"{len(report.problems)} problems"
+        print(f"{image.name}: {state}: bootstrap and {report.blobs} blobs, {report.chunks} chunks, "
+              f"{_human(report.bytes)} verified")
+    return 0 if report.ok else 4
+
+
+# -- parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ketch", description="Lazily-loaded, deduplicated, verifiable container images.")
+    parser.add_argument("--version", action="version", version=f"ketch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="convert an OCI image to a Ketch image")
+    p.add_argument("source", metavar="SOURCE", help="oci:DIR[:TAG]")
+    p.add_argument("dest", metavar="DEST", help="oci:DIR[:TAG]")
+    p.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from an index (default linux/amd64)")
+    _add_build_options(p)
+    p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("build", help="build a Ketch image from a directory")
+    p.add_argument("rootfs", metavar="ROOTFS_DIR")
+    p.add_argument("dest", metavar="DEST", help="oci:DIR[:TAG]")
+    p.add_argument("--cmd", nargs="+", help="the image's default command")
+    p.add_argument("--env", action="append", help="KEY=VALUE for the image's environment (repeatable)")
+    p.add_argument("--workdir", help="the image's working directory")
+    _add_build_options(p)
+    p.set_defaults(run=cmd_build)
+
+    p = sub.add_parser("unpack", help="write a Ketch image's tree to a directory")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("dest", metavar="DEST")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_unpack)
+
+    p = sub.add_parser("inspect", help="show what a Ketch image holds, or one entry")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("path", metavar="PATH", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_inspect)
+
+    p = sub.add_parser("check", help="verify the bootstrap and every chunk of every blob")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except KetchError as exc:
+        print(f"ketch: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ketch: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"ketch: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: one line unless asked for the traceback
+        if os.environ.get("KETCH_DEBUG"):
+            traceback.print_exc()
+        print(f"ketch: internal error: {type(exc).__name__}: {exc} (set KETCH_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

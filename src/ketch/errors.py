@@ -1,0 +1,70 @@
+"""The one exception tree of Ketch.
+
+Every error the user can see is a leaf of ``KetchError``: it carries a one-line message
+that names the path or digest involved, and the exit code the CLI returns for it.
+
+    KetchError                      exit 1
+    ├── UsageError                  exit 2   bad arguments, bad image reference
+    ├── NotFoundError               exit 3   image, tag, blob or path missing
+    ├── IntegrityError              exit 4   a digest, magic, size or offset does not match
+    ├── BadLayerError               exit 5   a hostile or broken source layer (tar, gzip)
+    ├── UnsupportedError            exit 6   a valid input Ketch does not handle (yet)
+    └── StorageError                exit 7   reading or writing a backend failed
+"""
+
+from __future__ import annotations
+
+
+class KetchError(Exception):
+    """Base of every error Ketch reports to a user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        # One line, always: the CLI prints it as is.
+        super().__init__(" ".join(message.split("\n")))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class UsageError(KetchError):
+    """The command line or an image reference is malformed."""
+
+    exit_code = 2
+
+
+class NotFoundError(KetchError):
+    """An image, tag, blob or path does not exist."""
+
+    exit_code = 3
+
+
+class IntegrityError(KetchError):
+    """Data does not match its digest, magic, size or bounds."""
+
+    exit_code = 4
+
+
+class BadLayerError(KetchError):
+    """A source layer is hostile or broken: bad paths, links escaping the root, bad tar."""
+
+    exit_code = 5
+
+
+class UnsupportedError(KetchError):
+    """The input is valid but uses something Ketch does not handle."""
+
+    exit_code = 6
+
+
+class StorageError(KetchError):
+    """A backend could not read or write."""
+
+    exit_code = 7
+
+
+def integrity(what: str, expected: object, found: object) -> IntegrityError:
+    """An integrity error naming what was checked, what was expected and what was found."""
+    return IntegrityError(f"{what}: expected {expected}, found {found}")

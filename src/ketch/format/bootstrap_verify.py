@@ -1,0 +1,148 @@
+"""Full integrity check of a bootstrap (docs/format.md §3, §5).
+
+Recomputes every node's Merkle digest from its record, its children and its chunk
+digests, and checks the structure the reader relies on: sorted unique names, chunk
+references that tile each file exactly, every inode reachable exactly as its nlink says.
+Problems are collected, not raised, so ``ketch check`` can name each place that failed.
+"""
+
+from __future__ import annotations
+
+import stat
+
+from ketch.errors import KetchError
+from ketch.format.bootstrap import ROOT_INODE, Bootstrap
+from ketch.format.merkle import (
+    NodeAttrs,
+    directory_digest,
+    file_digest,
+    special_digest,
+    symlink_digest,
+)
+from ketch.format.records import SUPERBLOCK_SIZE
+from ketch.format.xattrs import encode_xattrs
+
+
+def verify_bootstrap(bs: Bootstrap) -> list[str]:
+    """Every problem found, one line each; empty when the bootstrap is sound."""
+    problems: list[str] = []
+    algo = bs.digest_algorithm
+    body = algo.digest(bs.raw[SUPERBLOCK_SIZE:])
+    if body != bs.superblock.body_digest:
+        problems.append(
+            f"{bs.name}: body digest: expected {bs.superblock.body_digest.hex()}, found {body.hex()}"
+        )
+    walker = _Walker(bs, problems)
+    try:
+        computed = walker.digest_of(ROOT_INODE, "/")
+    except (KetchError, RecursionError) as exc:
+        problems.append(f"{bs.name}: tree walk failed: {exc}")
+        return problems
+    if computed != bs.root_digest:
+        problems.append(
+            f"{bs.name}: root digest: expected {bs.root_digest.hex()}, found {computed.hex()}"
+        )
+    # Non-directories are named exactly nlink times; every inode is reachable.
+    for index in range(bs.inode_count):
+        seen = walker.links.get(index, 0)
+        record = bs.inode(index)
+        if seen == 0:
+            problems.append(f"{bs.name}: inode {index}: reachable: expected yes, found no")
+        elif not stat.S_ISDIR(record.mode) and seen != record.nlink:
+            problems.append(f"{bs.name}: inode {index}: nlink: expected {seen}, found {record.nlink}")
+    return problems
+
+
+class _Walker:
+    def __init__(self, bs: Bootstrap, problems: list[str]) -> None:
+        self.bs = bs
+        self.problems = problems
+        self.done: dict[int, bytes] = {}
+        self.links: dict[int, int] = {}
+        self.on_path: set[int] = set()
+
+    def report(self, path: str, what: str, expected: object, found: object) -> None:
+        self.problems.append(f"{self.bs.name}: {path}: {what}: expected {expected}, found {found}")
+
+    def digest_of(self, index: int, path: str) -> bytes:
+        self.links[index] = self.links.get(index, 0) + 1
+        if index in self.done:
+            return self.done[index]
+        bs = self.bs
+        record = bs.inode(index)
+        xattrs = bs.xattrs(index)
+        attrs = NodeAttrs(
+            record.mode,
+            record.uid,
+            record.gid,
+            record.nlink,
+            record.size,
+            record.rdev,
+            record.mtime_sec,
+            record.mtime_nsec,
+            encode_xattrs(xattrs),
+        )
+        mode = record.mode
+        if stat.S_ISDIR(mode):
+            if index in self.on_path:
+                self.report(path, "directory cycle", "a tree", f"inode {index} again")
+                return b""
+            self.on_path.add(index)
+            digest = directory_digest(bs.digest_algorithm, attrs, self._children(index, path))
+            self.on_path.discard(index)
+        elif stat.S_ISREG(mode):
+            digest = file_digest(bs.digest_algorithm, attrs, self._chunk_digests(index, path))
+        elif stat.S_ISLNK(mode):
+            target = bs.symlink_target(index)
+            if len(target) != record.size:
+                self.report(path, "symlink size", record.size, len(target))
+            digest = symlink_digest(bs.digest_algorithm, attrs, target)
+        elif stat.S_IFMT(mode) in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+            digest = special_digest(bs.digest_algorithm, attrs)
+        else:
+            self.report(path, "file type", "dir/file/symlink/device/fifo/socket", oct(mode))
+            digest = b""
+        if digest != record.digest:
+            self.report(path, "node digest", record.digest.hex(), digest.hex())
+        self.done[index] = digest
+        return digest
+
+    def _children(self, index: int, path: str) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        previous: bytes | None = None
+        subdirs = 0
+        for name, child in self.bs.children(index):
+            shown = path.rstrip("/") + "/" + name.decode(errors="replace")
+            if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+                self.report(shown, "entry name", "a plain name", repr(name))
+            if previous is not None and name <= previous:
+                self.report(shown, "entry order", f"after {previous!r}", "not after")
+            previous = name
+            if child == ROOT_INODE:
+                self.report(shown, "entry inode", "not the root", child)
+                continue
+            digest = self.digest_of(child, shown)
+            if stat.S_ISDIR(self.bs.inode(child).mode):
+                subdirs += 1
+            out.append((name, digest))
+        record = self.bs.inode(index)
+        if record.nlink != 2 + subdirs:
+            self.report(path, "directory nlink", 2 + subdirs, record.nlink)
+        return out
+
+    def _chunk_digests(self, index: int, path: str) -> list[bytes]:
+        bs = self.bs
+        record = bs.inode(index)
+        position = 0
+        digests: list[bytes] = []
+        for ref_index in bs.file_chunkrefs(index):
+            ref = bs.chunkref(ref_index)
+            chunk = bs.chunk(ref.chunk)
+            if ref.file_offset != position:
+                self.report(path, f"chunk {len(digests)} file offset", position, ref.file_offset)
+            position = ref.file_offset + chunk.uncompressed_size
+            digests.append(chunk.digest)
+        if position != record.size:
+            self.report(path, "bytes covered by chunks", record.size, position)
+        return digests
+

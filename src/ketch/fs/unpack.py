@@ -1,0 +1,143 @@
+"""Write an image's tree to a local directory, as ``umoci unpack`` would.
+
+Everything is created relative to open directory descriptors, with O_NOFOLLOW and
+O_EXCL: no symlink is ever followed, so nothing lands outside the destination whatever
+the image says. The tree is built in a temporary sibling and renamed into place at the
+end, so an interrupted unpack leaves no half tree under the destination's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ketch.errors import IntegrityError, StorageError, UsageError
+from ketch.fs.image_fs import ROOT_INO, Attr, ImageFS
+
+_WRITE_BLOCK = 4 << 20
+
+
+class _Unpacker:
+    def __init__(self, fs: ImageFS, on_bytes: Callable[[int], None]) -> None:
+        self.fs = fs
+        self.on_bytes = on_bytes
+        self.first_path: dict[int, bytes] = {}
+        self.files = 0
+
+    def run(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self._directory(ROOT_INO, root_fd, b"")
+        self._apply_attrs(self.fs.getattr(ROOT_INO), root_fd, None, ROOT_INO)
+
+    def _directory(self, ino: int, dir_fd: int, rel: bytes) -> None:
+        for name, child in self.fs.readdir(ino):
+            if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+                raise IntegrityError(f"directory {rel.decode(errors='replace') or '/'}: bad entry name {name!r}")
+            child_rel = rel + b"/" + name if rel else name
+            attr = self.fs.getattr(child)
+            if child in self.first_path and not stat.S_ISDIR(attr.mode):
+                os.link(self.first_path[child], name, src_dir_fd=self.root_fd, dst_dir_fd=dir_fd,
+                        follow_symlinks=False)
+                continue
+            self.first_path[child] = child_rel
+            kind = stat.S_IFMT(attr.mode)
+            if kind == stat.S_IFDIR:
+                os.mkdir(name, 0o700, dir_fd=dir_fd)
+                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                try:
+                    self._directory(child, fd, child_rel)
+                    self._apply_attrs(attr, fd, None, child)
+                finally:
+                    os.close(fd)
+            elif kind == stat.S_IFREG:
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+                try:
+                    self._write_contents(child, attr.size, fd)
+                    self._apply_attrs(attr, fd, None, child)
+                finally:
+                    os.close(fd)
+                self.files += 1
+            elif kind == stat.S_IFLNK:
+                os.symlink(self.fs.readlink(child), name, dir_fd=dir_fd)
+                self._apply_attrs(attr, dir_fd, name, child)
+            elif kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+                os.mknod(name, kind | 0o600, attr.rdev, dir_fd=dir_fd)
+                self._apply_attrs(attr, dir_fd, name, child)
+            else:
+                raise IntegrityError(f"{child_rel.decode(errors='replace')}: unknown file type {oct(attr.mode)}")
+
+    def _write_contents(self, ino: int, size: int, fd: int) -> None:
+        offset = 0
+        while offset < size:
+            data = self.fs.read(ino, offset, _WRITE_BLOCK)
+            if not data:
+                raise IntegrityError(f"inode {ino}: ended at {offset} of {size} bytes")
+            os.write(fd, data)
+            offset += len(data)
+            self.on_bytes(len(data))
+
+    def _apply_attrs(self, attr: Attr, fd: int, name: bytes | None, ino: int) -> None:
+        """Owner, then mode (chown clears set-id bits), xattrs, then mtime last.
+
+        With ``name`` the node is addressed as ``name`` in directory ``fd`` and never
+        followed (symlinks, devices, fifos); otherwise ``fd`` is the node itself.
+        """
+        mtime = (attr.mtime_ns, attr.mtime_ns)
+        is_link = stat.S_ISLNK(attr.mode)
+        if name is None:
+            os.fchown(fd, attr.uid, attr.gid)
+            os.fchmod(fd, stat.S_IMODE(attr.mode))
+            for key, value in self.fs.xattrs(ino).items():
+                os.setxattr(fd, key, value)
+            os.utime(fd, ns=mtime)
+            return
+        os.chown(name, attr.uid, attr.gid, dir_fd=fd, follow_symlinks=False)
+        if not is_link:
+            # Not a symlink (we just made it with mknod), so following is harmless.
+            os.chmod(name, stat.S_IMODE(attr.mode), dir_fd=fd)
+        xattrs = self.fs.xattrs(ino)
+        if xattrs:
+            target = f"/proc/self/fd/{fd}/".encode() + name
+            for key, value in xattrs.items():
+                os.setxattr(target, key, value, follow_symlinks=False)
+        os.utime(name, ns=mtime, dir_fd=fd, follow_symlinks=False)
+
+
+def unpack(fs: ImageFS, dest: Path, on_bytes: Callable[[int], None] = lambda _: None) -> int:
+    """Unpack into ``dest`` (absent, or an empty directory); the number of files written."""
+    if dest.exists() and (not dest.is_dir() or dest.is_symlink() or any(dest.iterdir())):
+        raise UsageError(f"{dest}: destination exists and is not an empty directory")
+    parent = dest.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"{dest}: parent directory {parent} does not exist")
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.ketch-", dir=parent))
+    try:
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            worker = _Unpacker(fs, on_bytes)
+            worker.run(fd)
+        finally:
+            os.close(fd)
+        if dest.exists():
+            dest.rmdir()
+        os.rename(staging, dest)
+    except OSError as exc:
+        _remove(staging)
+        if exc.errno == errno.ENOSPC:
+            raise StorageError(f"{dest}: no space left while unpacking") from None
+        raise StorageError(f"{dest}: unpack failed: {exc}") from None
+    except BaseException:
+        _remove(staging)
+        raise
+    return worker.files
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)

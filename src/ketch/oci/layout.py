@@ -1,0 +1,211 @@
+"""OCI image layout directories (image-spec ``image-layout.md``), read and written safely.
+
+Writes are atomic: a blob is written to a temporary file beside its final place and
+renamed once its digest is known; ``index.json`` is replaced last, by rename. A reader
+never sees a half-written blob under its digest, or a tag pointing at missing blobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from ketch.errors import IntegrityError, NotFoundError, StorageError, UnsupportedError
+from ketch.oci import mediatypes as mt
+from ketch.oci.manifest import (
+    Descriptor,
+    Manifest,
+    Platform,
+    canonical_json,
+    load_json,
+    media_type_of,
+    parse_index,
+)
+
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+
+
+def digest_hex(digest: str) -> str:
+    match = _DIGEST.match(digest)
+    if not match:
+        raise IntegrityError(f"digest {digest!r}: expected sha256:<64 lowercase hex>")
+    return match.group(1)
+
+
+class OciLayout:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def open(cls, root: Path) -> OciLayout:
+        if not (root / "oci-layout").is_file() or not (root / "index.json").is_file():
+            raise NotFoundError(f"{root}: not an OCI image layout (no oci-layout or index.json)")
+        return cls(root)
+
+    @classmethod
+    def create(cls, root: Path) -> OciLayout:
+        """Open an existing layout or make an empty one."""
+        if (root / "oci-layout").is_file() and (root / "index.json").is_file():
+            return cls(root)
+        if root.exists() and not root.is_dir():
+            raise StorageError(f"{root}: exists and is not a directory")
+        (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        layout = cls(root)
+        layout._replace(root / "oci-layout", canonical_json({"imageLayoutVersion": mt.OCI_LAYOUT_VERSION}))
+        if not (root / "index.json").exists():
+            layout._write_index([])
+        return layout
+
+    # -- blobs ------------------------------------------------------------------------
+
+    def blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / "sha256" / digest_hex(digest)
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def blob_size(self, digest: str) -> int:
+        try:
+            return self.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.root}: blob {digest} not found") from None
+
+    def read_blob(self, digest: str, max_size: int | None = None) -> bytes:
+        """Whole blob, checked against its digest."""
+        path = self.blob_path(digest)
+        try:
+            with path.open("rb") as f:
+                data = f.read() if max_size is None else f.read(max_size + 1)
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.root}: blob {digest} not found") from None
+        if max_size is not None and len(data) > max_size:
+            raise IntegrityError(f"{self.root}: blob {digest}: size: expected <= {max_size}, found more")
+        found = "sha256:" + hashlib.sha256(data).hexdigest()
+        if found != digest:
+            raise IntegrityError(f"{self.root}: blob {digest}: digest: expected {digest}, found {found}")
+        return data
+
+    def open_blob(self, digest: str) -> IO[bytes]:
+        try:
+            return self.blob_path(digest).open("rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.root}: blob {digest} not found") from None
+
+    @contextlib.contextmanager
+    def blob_writer(self) -> Iterator[tuple[IO[bytes], list[str]]]:
+        """A temporary file to write a blob into; the caller appends the blob's digest to
+        the list it is given, and the file is renamed into place only then."""
+        directory = self.root / "blobs" / "sha256"
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        digest_out: list[str] = []
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                yield f, digest_out
+                f.flush()
+                os.fsync(f.fileno())
+            if len(digest_out) != 1:
+                raise StorageError(f"{self.root}: blob written without a digest")
+            os.chmod(tmp, 0o644)  # noqa: PTH101 - mkstemp made it 0600
+            os.replace(tmp, self.blob_path(digest_out[0]))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # noqa: PTH108
+
+    def write_blob(self, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if not self.has_blob(digest):
+            with self.blob_writer() as (f, out):
+                f.write(data)
+                out.append(digest)
+        return digest
+
+    # -- index and tags ---------------------------------------------------------------
+
+    def _index_doc(self) -> dict[str, Any]:
+        try:
+            data = (self.root / "index.json").read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.root}: no index.json") from None
+        return load_json(data, f"{self.root}/index.json")
+
+    def descriptors(self) -> list[Descriptor]:
+        return parse_index(canonical_json(self._index_doc()), f"{self.root}/index.json")
+
+    def tags(self) -> list[str]:
+        return [
+            d.annotations[mt.ANNOTATION_REF_NAME]
+            for d in self.descriptors()
+            if mt.ANNOTATION_REF_NAME in d.annotations
+        ]
+
+    def resolve_tag(self, tag: str) -> Descriptor:
+        matches = [d for d in self.descriptors() if d.annotations.get(mt.ANNOTATION_REF_NAME) == tag]
+        if not matches:
+            raise NotFoundError(f"oci:{self.root}:{tag}: no such tag (tags: {', '.join(self.tags()) or 'none'})")
+        return matches[-1]
+
+    def manifest(self, tag: str, platform: Platform | None = None) -> tuple[Descriptor, Manifest, bytes]:
+        """The image manifest a tag names, choosing a platform from an index."""
+        descriptor = self.resolve_tag(tag)
+        for _ in range(4):  # an index may name an index; stop at a sane depth
+            data = self.read_blob(descriptor.digest, max_size=4 << 20)
+            kind = descriptor.media_type or media_type_of(data, descriptor.digest)
+            if kind in mt.INDEX_TYPES:
+                descriptor = _choose_platform(
+                    parse_index(data, f"oci:{self.root}:{tag} index"), platform or Platform(), tag
+                )
+                continue
+            return descriptor, Manifest.parse(data, f"oci:{self.root}:{tag} manifest", kind), data
+        raise UnsupportedError(f"oci:{self.root}:{tag}: image indexes nested too deep")
+
+    def set_tag(self, tag: str, descriptor: Descriptor) -> None:
+        """Point ``tag`` at ``descriptor``: index.json is replaced atomically."""
+        doc = self._index_doc() if (self.root / "index.json").exists() else {}
+        manifests = [
+            m
+            for m in doc.get("manifests", [])
+            if not (isinstance(m, dict) and (m.get("annotations") or {}).get(mt.ANNOTATION_REF_NAME) == tag)
+        ]
+        annotations = dict(descriptor.annotations)
+        annotations[mt.ANNOTATION_REF_NAME] = tag
+        entry = Descriptor(descriptor.media_type, descriptor.digest, descriptor.size, annotations)
+        manifests.append(entry.to_json())
+        self._write_index(manifests)
+
+    def _write_index(self, manifests: list[Any]) -> None:
+        doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}
+        self._replace(self.root / "index.json", json.dumps(doc, indent=2).encode() + b"\n")
+
+    @staticmethod
+    def _replace(path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # noqa: PTH101
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # noqa: PTH108
+
+
+def _choose_platform(entries: list[Descriptor], platform: Platform, tag: str) -> Descriptor:
+    for entry in entries:
+        if entry.platform and platform.matches(entry.platform):
+            return entry
+    found = ", ".join(
+        f"{d.platform.get('os')}/{d.platform.get('architecture')}" for d in entries if d.platform
+    )
+    raise NotFoundError(
+        f"{tag}: no manifest for platform {platform.os}/{platform.architecture} (found: {found or 'none'})"
+    )

@@ -1,0 +1,69 @@
+"""Fetch chunks from a store, decompress them and verify each against its digest.
+
+Adjacent chunks of one blob are fetched with one range read (up to ``max_merge``
+bytes). A chunk whose bytes do not match its digest raises IntegrityError naming blob,
+offset and digests; wrong bytes are never returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ketch.errors import IntegrityError
+from ketch.format.codecs import decoder
+from ketch.format.digests import DigestAlgorithm
+from ketch.format.records import ChunkRecord
+from ketch.storage.store import ImageStore
+
+DEFAULT_MAX_MERGE = 8 << 20
+
+
+class ChunkReader:
+    def __init__(self, store: ImageStore, algo: DigestAlgorithm, *, max_merge: int = DEFAULT_MAX_MERGE) -> None:
+        self.store = store
+        self.algo = algo
+        self.max_merge = max_merge
+        self.backend_bytes = 0
+
+    def verify(self, blob: str, chunk: ChunkRecord, compressed: bytes | memoryview) -> bytes:
+        """Decompress and check one chunk's bytes."""
+        try:
+            data = decoder(chunk.codec).decompress(compressed, chunk.uncompressed_size)
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"blob {blob} chunk at {chunk.compressed_offset} ({chunk.digest.hex()}): {exc}"
+            ) from None
+        found = self.algo.digest(data)
+        if found != chunk.digest:
+            raise IntegrityError(
+                f"blob {blob} chunk at {chunk.compressed_offset}: digest: "
+                f"expected {chunk.digest.hex()}, found {found.hex()}"
+            )
+        return data
+
+    def read(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes]:
+        """The verified bytes of ``chunks`` (all in ``blob``), in the order given."""
+        out: list[bytes] = []
+        for group in merge_ranges(chunks, self.max_merge):
+            start = group[0].compressed_offset
+            end = group[-1].compressed_offset + group[-1].compressed_size
+            data = memoryview(self.store.read_range(blob, start, end - start))
+            self.backend_bytes += end - start
+            for chunk in group:
+                offset = chunk.compressed_offset - start
+                out.append(self.verify(blob, chunk, data[offset : offset + chunk.compressed_size]))
+        return out
+
+
+def merge_ranges(chunks: Sequence[ChunkRecord], max_merge: int) -> list[list[ChunkRecord]]:
+    """Consecutive runs of chunks whose compressed ranges touch, each within ``max_merge``."""
+    groups: list[list[ChunkRecord]] = []
+    for chunk in chunks:
+        if groups:
+            last = groups[-1][-1]
+            span = chunk.compressed_offset + chunk.compressed_size - groups[-1][0].compressed_offset
+            if chunk.compressed_offset == last.compressed_offset + last.compressed_size and span <= max_merge:
+                groups[-1].append(chunk)
+                continue
+        groups.append([chunk])
+    return groups

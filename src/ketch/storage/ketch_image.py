@@ -1,0 +1,75 @@
+"""Find a Ketch image's bootstrap through its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ketch.errors import IntegrityError, NotFoundError
+from ketch.format.bootstrap import Bootstrap
+from ketch.oci import mediatypes as mt
+from ketch.oci.manifest import Descriptor, Manifest, Platform
+from ketch.storage.store import ImageStore
+
+MAX_BOOTSTRAP_SIZE = 1 << 32
+
+
+@dataclass(slots=True)
+class KetchImage:
+    store: ImageStore
+    tag: str
+    descriptor: Descriptor
+    manifest: Manifest
+    bootstrap_layer: Descriptor
+    bootstrap: Bootstrap
+
+    @property
+    def name(self) -> str:
+        return f"{self.store.name}:{self.tag}"
+
+
+def bootstrap_layer(manifest: Manifest, where: str) -> Descriptor:
+    layers = [layer for layer in manifest.layers if layer.media_type == mt.KETCH_BOOTSTRAP]
+    if len(layers) != 1:
+        raise NotFoundError(
+            f"{where}: not a Ketch image: expected one {mt.KETCH_BOOTSTRAP} layer, found {len(layers)}"
+        )
+    return layers[0]
+
+
+def open_ketch_image(
+    store: ImageStore, tag: str, *, platform: Platform | None = None, cache_dir: Path | None = None
+) -> KetchImage:
+    """Resolve ``tag`` and open its bootstrap: in memory, or mmapped from ``cache_dir``."""
+    descriptor, manifest, _ = store.resolve(tag, platform)
+    where = f"{store.name}:{tag}"
+    layer = bootstrap_layer(manifest, where)
+    if layer.size > MAX_BOOTSTRAP_SIZE:
+        raise IntegrityError(f"{where}: bootstrap size: expected <= {MAX_BOOTSTRAP_SIZE}, found {layer.size}")
+    if cache_dir is None:
+        data = store.read_blob(layer.digest, max_size=layer.size)
+        bootstrap = Bootstrap(data, name=f"bootstrap {layer.digest}")
+    else:
+        bootstrap = Bootstrap.open(_cached_bootstrap(store, layer, cache_dir))
+    return KetchImage(store, tag, descriptor, manifest, layer, bootstrap)
+
+
+def _cached_bootstrap(store: ImageStore, layer: Descriptor, cache_dir: Path) -> Path:
+    """The bootstrap as a local file named by its digest, fetched and verified once."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"bootstrap-{layer.digest[7:]}"
+    if path.is_file():
+        return path
+    data = store.read_blob(layer.digest, max_size=layer.size)
+    if "sha256:" + hashlib.sha256(data).hexdigest() != layer.digest:
+        raise IntegrityError(f"{store.name}: bootstrap {layer.digest}: digest mismatch")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_dir)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path

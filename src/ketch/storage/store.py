@@ -1,0 +1,75 @@
+"""The storage interface: one image repository (an OCI layout dir, a registry repository,
+an S3 prefix), as builders and mounts see it.
+
+Reads are by blob digest and byte range, the only thing the lazy read path needs; writes
+are whole verified blobs, then a manifest, then a tag, in that order, so that a tag never
+names missing blobs. Storage knows blobs, never inodes.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import IO
+
+from ketch.oci.manifest import Descriptor, Manifest, Platform
+
+
+class ImageStore(abc.ABC):
+    """Blobs and manifests of one repository."""
+
+    #: how the store is named in messages, e.g. ``oci:/srv/images``
+    name: str
+
+    # -- the read path ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def read_range(self, digest: str, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes at ``offset`` of a blob, or raise."""
+
+    @abc.abstractmethod
+    def blob_size(self, digest: str) -> int: ...
+
+    @abc.abstractmethod
+    def open_blob(self, digest: str) -> IO[bytes]:
+        """The whole blob as a stream; the caller checks its digest as it reads."""
+
+    @abc.abstractmethod
+    def read_blob(self, digest: str, max_size: int | None = None) -> bytes:
+        """The whole blob, checked against its digest."""
+
+    @abc.abstractmethod
+    def has_blob(self, digest: str) -> bool: ...
+
+    @abc.abstractmethod
+    def resolve(self, tag: str, platform: Platform | None = None) -> tuple[Descriptor, Manifest, bytes]:
+        """The image manifest a tag names (a platform chosen from an index)."""
+
+    # -- the write path ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def scratch_dir(self) -> Path:
+        """A local directory for temporary blob files, ideally on the store's filesystem."""
+
+    @abc.abstractmethod
+    def push_blob_file(self, path: Path, digest: str) -> None:
+        """Store a finished local file as blob ``digest`` (the file may be consumed)."""
+
+    def push_blob_bytes(self, data: bytes, digest: str) -> None:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=self.scratch_dir(), prefix=".tmp-", delete=False) as f:
+            f.write(data)
+        tmp = Path(f.name)
+        try:
+            self.push_blob_file(tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @abc.abstractmethod
+    def copy_blob_from(self, other: ImageStore, digest: str) -> None:
+        """Make ``digest`` present here, taking it from ``other``; no-op if already here."""
+
+    @abc.abstractmethod
+    def put_manifest(self, data: bytes, media_type: str, tag: str) -> Descriptor:
+        """Store a manifest (its blobs must be present) and point ``tag`` at it, last."""

@@ -1,0 +1,1 @@
+"""Ketch test suite."""
