@@ -17,8 +17,21 @@ from ketch.builder.tree import Node
 from ketch.errors import BadLayerError
 from ketch.format.bootstrap_writer import BootstrapTables
 from ketch.format.digests import DigestAlgorithm
-from ketch.format.merkle import NodeAttrs, directory_digest, file_digest, special_digest, symlink_digest
-from ketch.format.records import BlobRecord, ChunkRecord, ChunkRef, DirentRecord, InodeRecord, SuperFlags
+from ketch.format.merkle import (
+    NodeAttrs,
+    directory_digest,
+    file_digest,
+    special_digest,
+    symlink_digest,
+)
+from ketch.format.records import (
+    BlobRecord,
+    ChunkRecord,
+    ChunkRef,
+    DirentRecord,
+    InodeRecord,
+    SuperFlags,
+)
 from ketch.format.xattrs import encode_xattrs
 
 _MAX_NAME = 255
@@ -116,8 +129,8 @@ def flatten(
     dirent_start: list[int] = []
     for i in range(len(order)):
         dirent_start.append(len(dirents))
-        for name, child in entries[i]:
-            dirents.append(DirentRecord(strings.add(name), len(name), child))
+        for name, child_index in entries[i]:
+            dirents.append(DirentRecord(strings.add(name), len(name), child_index))
     chunkrefs: list[ChunkRef] = []
     chunkref_start: list[int] = []
     for node in order:
@@ -127,24 +140,35 @@ def flatten(
             chunkrefs.append(ChunkRef(position, chunk_number[digest]))
             position += size
     digests: list[bytes] = [b""] * len(order)
-    inodes: list[InodeRecord | None] = [None] * len(order)
+    inodes: list[InodeRecord] = []
     for i in range(len(order) - 1, -1, -1):
         node = order[i]
-        inodes[i] = _record(
-            node, i, entries[i], digests, names[id(node)], parent_of[i], strings,
-            dirent_start[i], chunkref_start[i], algo, clamp_mtime,
+        record = _record(
+            node,
+            i,
+            entries[i],
+            digests,
+            names[id(node)],
+            parent_of[i],
+            strings,
+            dirent_start[i],
+            chunkref_start[i],
+            algo,
+            clamp_mtime,
         )
-        digests[i] = inodes[i].digest  # type: ignore[union-attr]
+        digests[i] = record.digest
+        inodes.append(record)
+    inodes.reverse()
 
     blobs = []
-    for digest in blob_order:
-        size, count = blob_sizes[digest]
-        blobs.append(BlobRecord(bytes.fromhex(digest[7:]), size, count))
+    for blob_digest in blob_order:
+        blob_size, count = blob_sizes[blob_digest]
+        blobs.append(BlobRecord(bytes.fromhex(blob_digest[7:]), blob_size, count))
     return BootstrapTables(
         digest_algorithm=algo,
         chunk_size=chunk_size,
         flags=SuperFlags.CDC_CHUNKER if cdc else SuperFlags(0),
-        inodes=[r for r in inodes if r is not None],
+        inodes=inodes,
         dirents=dirents,
         strings=strings.bytes(),
         chunkrefs=chunkrefs,
@@ -196,7 +220,18 @@ def _record(
     else:
         digest = special_digest(algo, attrs)
     return InodeRecord(
-        digest, mode, node.uid, node.gid, nlink, size, rdev, sec, nsec, parent,
-        data_start, data_count, xattr_offset, len(xattr_block),
+        digest,
+        mode,
+        node.uid,
+        node.gid,
+        nlink,
+        size,
+        rdev,
+        sec,
+        nsec,
+        parent,
+        data_start,
+        data_count,
+        xattr_offset,
+        len(xattr_block),
     )
-

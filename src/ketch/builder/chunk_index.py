@@ -43,9 +43,7 @@ class ChunkIndex:
         added = 0
         for blob in bootstrap.blobs():
             digest = blob.oci_digest
-            _, entries = read_blob_table(
-                digest, blob.size, lambda offset, size, d=digest: store.read_range(d, offset, size)
-            )
+            _, entries = read_blob_table(digest, blob.size, store.range_reader(digest))
             for entry in entries:
                 if entry.digest in self.chunks:
                     continue

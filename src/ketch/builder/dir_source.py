@@ -33,14 +33,16 @@ def _xattrs(path: bytes) -> dict[bytes, bytes]:
     for name in names:
         if name == "security.selinux":
             continue  # a property of the build host, not of the image
-        out[name.encode("utf-8", "surrogateescape")] = os.getxattr(path, name, follow_symlinks=False)
+        out[name.encode("utf-8", "surrogateescape")] = os.getxattr(
+            path, name, follow_symlinks=False
+        )
     return out
 
 
 def _reader(path: bytes, size: int) -> DataSource:
     def read(block: int) -> Iterable[bytes]:
         remaining = size
-        with open(path, "rb") as f:  # noqa: PTH123 - bytes paths
+        with open(path, "rb") as f:
             while remaining > 0:
                 data = f.read(min(block, remaining))
                 if not data:
@@ -77,7 +79,10 @@ def directory_entries(root: Path) -> Iterator[tuple[LayerEntry, DataSource | Non
         if kind is EntryKind.FILE and st.st_nlink > 1:
             key = (st.st_dev, st.st_ino)
             if key in seen_inodes:
-                yield LayerEntry(path=rel, kind=EntryKind.HARDLINK, link_path=seen_inodes[key]), None
+                yield (
+                    LayerEntry(path=rel, kind=EntryKind.HARDLINK, link_path=seen_inodes[key]),
+                    None,
+                )
                 return
             seen_inodes[key] = rel
         if kind is EntryKind.FILE:

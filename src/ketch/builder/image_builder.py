@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,7 +88,9 @@ class BuildSummary:
 
 
 class ImageBuilder:
-    def __init__(self, dest: ImageStore, options: BuildOptions, progress: Progress | None = None) -> None:
+    def __init__(
+        self, dest: ImageStore, options: BuildOptions, progress: Progress | None = None
+    ) -> None:
         self.dest = dest
         self.options = options
         self.progress = progress or Progress()
@@ -113,7 +115,9 @@ class ImageBuilder:
     def convert(self, source: ImageStore, tag: str) -> tuple[Manifest, str, dict[str, Any]]:
         """Add every layer of an OCI image; its manifest, digest and config."""
         descriptor, manifest, _ = source.resolve(tag, self.options.platform)
-        config = load_json(source.read_blob(manifest.config.digest, max_size=4 << 20), "image config")
+        config = load_json(
+            source.read_blob(manifest.config.digest, max_size=4 << 20), "image config"
+        )
         with ThreadPoolExecutor(self.options.workers, thread_name_prefix="chunk") as pool:
             for number, layer in enumerate(manifest.layers):
                 compression = mt.LAYER_COMPRESSION.get(layer.media_type)
@@ -157,8 +161,7 @@ class ImageBuilder:
         blob = result.blob
         if blob is not None:
             self.layer_blobs.append((blob.digest, blob.size, blob.chunk_count))
-            tmp = self.dest.scratch_dir() / (".tmp-blob-" + blob.digest[7:])
-            self.dest.push_blob_file(tmp, blob.digest)
+            self.dest.push_blob_file(blob.path, blob.digest)
         self.layers.append(
             LayerSummary(
                 name,
@@ -184,7 +187,9 @@ class ImageBuilder:
         # its tree references, by digest.
         own = [d for d, _, _ in self.layer_blobs]
         sizes: dict[str, tuple[int, int]] = {d: (s, n) for d, s, n in self.layer_blobs}
-        referenced = {self.index.chunks[d].blob for node in self.tree.nodes() for d, _ in node.chunks}
+        referenced = {
+            self.index.chunks[d].blob for node in self.tree.nodes() for d, _ in node.chunks
+        }
         borrowed = sorted(d for d in referenced if d is not None and d not in sizes)
         for digest in borrowed:
             _, size, count = self.index.dict_blobs[digest]
@@ -208,7 +213,10 @@ class ImageBuilder:
 
         layers = [
             Descriptor(
-                mt.KETCH_BLOB, blob.oci_digest, blob.size, {mt.ANNOTATION_KETCH_CHUNKS: str(blob.chunk_count)}
+                mt.KETCH_BLOB,
+                blob.oci_digest,
+                blob.size,
+                {mt.ANNOTATION_KETCH_CHUNKS: str(blob.chunk_count)},
             )
             for blob in tables.blobs
         ]
@@ -247,7 +255,10 @@ class ImageBuilder:
             bootstrap_size=len(bootstrap),
             source_manifest=source_manifest,
             layers=self.layers,
-            blobs=[{"digest": b.oci_digest, "size": b.size, "chunks": b.chunk_count} for b in tables.blobs],
+            blobs=[
+                {"digest": b.oci_digest, "size": b.size, "chunks": b.chunk_count}
+                for b in tables.blobs
+            ],
             file_bytes=file_bytes,
             stored_bytes=sum(b.size for b in tables.blobs),
             seconds=round(time.monotonic() - self._started, 3),

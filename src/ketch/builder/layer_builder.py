@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from ketch.builder.chunk_index import ChunkIndex, ChunkLocation
 from ketch.builder.chunker import Chunker
@@ -37,6 +38,7 @@ class LayerBlob:
     digest: str
     size: int
     chunk_count: int
+    path: Path  # the sealed blob, in the scratch directory, to be pushed
 
 
 @dataclass(slots=True)
@@ -74,7 +76,9 @@ class LayerBuilder:
             return digest, None, len(data)
         return digest, self._codec.compress(data), len(data)
 
-    def build(self, name: str, entries: Iterator[tuple[LayerEntry, DataSource | None]]) -> LayerResult:
+    def build(
+        self, name: str, entries: Iterator[tuple[LayerEntry, DataSource | None]]
+    ) -> LayerResult:
         changes = LayerChanges(name)
         fd, spool_name = tempfile.mkstemp(prefix=".tmp-spool-", dir=self._scratch)
         spool_path = Path(spool_name)
@@ -89,10 +93,10 @@ class LayerBuilder:
         name: str,
         entries: Iterator[tuple[LayerEntry, DataSource | None]],
         changes: LayerChanges,
-        spool_file: object,
+        spool_file: IO[bytes],
         spool_path: Path,
     ) -> LayerResult:
-        spool = BlobWriter(spool_file, self._algo)  # type: ignore[arg-type]
+        spool = BlobWriter(spool_file, self._algo)
         new: dict[bytes, ChunkLocation] = {}
         arrival: list[bytes] = []
         inflight: deque[tuple[Node, Future[tuple[bytes, bytes | None, int]]]] = deque()
@@ -112,7 +116,9 @@ class LayerBuilder:
             if compressed is None:  # cannot happen: the index only grows
                 raise BadLayerError(f"layer {name}: chunk {digest.hex()} lost its data")
             entry = spool.add(digest, compressed, size, self._codec.codec_id)
-            location = ChunkLocation(None, entry.compressed_offset, len(compressed), size, self._codec.codec_id)
+            location = ChunkLocation(
+                None, entry.compressed_offset, len(compressed), size, self._codec.codec_id
+            )
             self._index.add(digest, location)
             new[digest] = location
             arrival.append(digest)
@@ -146,7 +152,7 @@ class LayerBuilder:
         self,
         changes: LayerChanges,
         spool: BlobWriter,
-        spool_file: object,
+        spool_file: IO[bytes],
         spool_path: Path,
         new: dict[bytes, ChunkLocation],
         arrival: list[bytes],
@@ -156,33 +162,32 @@ class LayerBuilder:
         order: list[bytes] = []
         placed: set[bytes] = set()
         for path in changes.file_paths_in_order():
-            for digest, _ in changes.nodes[path][1].chunks:
-                if digest in new and digest not in placed:
-                    placed.add(digest)
-                    order.append(digest)
+            for chunk_digest, _ in changes.nodes[path][1].chunks:
+                if chunk_digest in new and chunk_digest not in placed:
+                    placed.add(chunk_digest)
+                    order.append(chunk_digest)
         # Chunks only of entries a later entry of the same path replaced: by digest.
         order.extend(sorted(d for d in new if d not in placed))
+        spool_file.flush()
         if order == arrival:
-            digest, size = spool.finish()
-            spool_file.flush()  # type: ignore[attr-defined]
-            final = spool_path.with_name(".tmp-blob-" + digest[7:])
+            blob_digest, size = spool.finish()
+            spool_file.flush()
+            final = spool_path.with_name(".tmp-blob-" + blob_digest[7:])
             os.replace(spool_path, final)
-            for location in new.values():
-                location.blob = digest
-            return LayerBlob(digest, size, len(order))
-        spool_file.flush()  # type: ignore[attr-defined]
-        fd, out_name = tempfile.mkstemp(prefix=".tmp-blob-", dir=self._scratch)
-        with os.fdopen(fd, "wb") as out:
-            writer = BlobWriter(out, self._algo)
-            src = spool_file.fileno()  # type: ignore[attr-defined]
-            for chunk_digest in order:
-                location = new[chunk_digest]
-                data = os.pread(src, location.compressed_size, location.offset)
-                entry = writer.add(chunk_digest, data, location.uncompressed_size, location.codec)
-                location.offset = entry.compressed_offset
-            digest, size = writer.finish()
-        final = Path(out_name).with_name(".tmp-blob-" + digest[7:])
-        os.replace(out_name, final)
+        else:
+            fd, out_name = tempfile.mkstemp(prefix=".tmp-blob-", dir=self._scratch)
+            with os.fdopen(fd, "wb") as out:
+                writer = BlobWriter(out, self._algo)
+                for chunk_digest in order:
+                    location = new[chunk_digest]
+                    data = os.pread(spool_file.fileno(), location.compressed_size, location.offset)
+                    entry = writer.add(
+                        chunk_digest, data, location.uncompressed_size, location.codec
+                    )
+                    location.offset = entry.compressed_offset
+                blob_digest, size = writer.finish()
+            final = Path(out_name).with_name(".tmp-blob-" + blob_digest[7:])
+            os.replace(out_name, final)
         for location in new.values():
-            location.blob = digest
-        return LayerBlob(digest, size, len(order))
+            location.blob = blob_digest
+        return LayerBlob(blob_digest, size, len(order), final)

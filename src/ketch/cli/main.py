@@ -16,7 +16,7 @@ from ketch import __version__
 from ketch.builder.chunker import DEFAULT_CHUNK_SIZE
 from ketch.builder.image_builder import BuildOptions, BuildSummary, ImageBuilder
 from ketch.cli.progress import RichProgress
-from ketch.errors import KetchError, UsageError
+from ketch.errors import KetchError
 from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
 from ketch.fs.summary import entry_summary, image_summary
@@ -54,20 +54,46 @@ def _open_image(reference: str) -> KetchImage:
 
 
 def _add_build_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chunker", choices=("fixed", "cdc"), default="fixed",
-                   help="fixed-size chunks, or content-defined (FastCDC) (default: fixed)")
-    p.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE,
-                   help="chunk size, a power of two from 4K to 16M (default: 1M)")
-    p.add_argument("--compressor", choices=("zstd", "lz4", "none"), default="zstd",
-                   help="chunk compressor (default: zstd)")
+    p.add_argument(
+        "--chunker",
+        choices=("fixed", "cdc"),
+        default="fixed",
+        help="fixed-size chunks, or content-defined (FastCDC) (default: fixed)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=parse_size,
+        default=DEFAULT_CHUNK_SIZE,
+        help="chunk size, a power of two from 4K to 16M (default: 1M)",
+    )
+    p.add_argument(
+        "--compressor",
+        choices=("zstd", "lz4", "none"),
+        default="zstd",
+        help="chunk compressor (default: zstd)",
+    )
     p.add_argument("--compression-level", type=int, default=None, help="zstd level (default: 3)")
-    p.add_argument("--digest", choices=("blake3", "sha256"), default="blake3",
-                   help="chunk and node digest (default: blake3)")
-    p.add_argument("--source-date-epoch", type=int,
-                   default=int(os.environ["SOURCE_DATE_EPOCH"]) if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit() else None,
-                   help="clamp every mtime to at most this time (default: $SOURCE_DATE_EPOCH)")
-    p.add_argument("--chunk-dict", action="append", default=[], metavar="IMAGE",
-                   help="reference chunks already stored in this Ketch image's blobs (repeatable)")
+    p.add_argument(
+        "--digest",
+        choices=("blake3", "sha256"),
+        default="blake3",
+        help="chunk and node digest (default: blake3)",
+    )
+    p.add_argument(
+        "--source-date-epoch",
+        type=int,
+        default=int(os.environ["SOURCE_DATE_EPOCH"])
+        if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit()
+        else None,
+        help="clamp every mtime to at most this time (default: $SOURCE_DATE_EPOCH)",
+    )
+    p.add_argument(
+        "--chunk-dict",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="reference chunks already stored in this Ketch image's blobs (repeatable)",
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="hash/compress threads")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -148,8 +174,13 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     with RichProgress(enabled=None if not args.json else False) as progress:
         task = progress.bytes_task("unpack", total)
         files = unpack(fs, Path(args.dest), lambda n: progress.advance_task(task, n))
-    result = {"reference": image.name, "dest": args.dest, "files": files, "bytes": total,
-              "fetched_bytes": reader.backend_bytes}
+    result = {
+        "reference": image.name,
+        "dest": args.dest,
+        "files": files,
+        "bytes": total,
+        "fetched_bytes": reader.backend_bytes,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -173,14 +204,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(summary["reference"])
     print(f"  manifest       {summary['manifest_digest']}")
     print(f"  root digest    {summary['root_digest']}")
-    print(f"  bootstrap      {summary['bootstrap']['digest']} ({_human(summary['bootstrap']['size'])})")
+    print(
+        f"  bootstrap      {summary['bootstrap']['digest']} ({_human(summary['bootstrap']['size'])})"
+    )
     print(f"  chunking       {summary['chunker']}, {_human(summary['chunk_size'])}")
     print(
         f"  tree           {summary['files']} files, {summary['directories']} directories, "
         f"{summary['symlinks']} symlinks, {summary['other']} other"
     )
-    print(f"  file data      {_human(summary['bytes'])} in {summary['chunks']} chunks, "
-          f"{summary['unique_chunks']} unique ({_human(summary['unique_bytes'])})")
+    print(
+        f"  file data      {_human(summary['bytes'])} in {summary['chunks']} chunks, "
+        f"{summary['unique_chunks']} unique ({_human(summary['unique_bytes'])})"
+    )
     print(f"  stored         {_human(summary['stored_bytes'])} in {len(summary['blobs'])} blobs")
     for blob in summary["blobs"]:
         print(f"    {blob['digest']}  {_human(blob['size']):>10}  {blob['chunks']} chunks")
@@ -206,15 +241,27 @@ def cmd_check(args: argparse.Namespace) -> int:
         task = progress.bytes_task("check", image_summary(image)["unique_bytes"])
         report = check_image(image, lambda n: progress.advance_task(task, n))
     if args.json:
-        print(json.dumps({"reference": image.name, "ok": report.ok, "blobs": report.blobs,
-                          "chunks": report.chunks, "bytes": report.bytes,
-                          "problems": report.problems}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "reference": image.name,
+                    "ok": report.ok,
+                    "blobs": report.blobs,
+                    "chunks": report.chunks,
+                    "bytes": report.bytes,
+                    "problems": report.problems,
+                },
+                indent=2,
+            )
+        )
     else:
         for problem in report.problems:
             print(f"FAIL {problem}")
         state = "ok" if report.ok else f"{len(report.problems)} problems"
-        print(f"{image.name}: {state}: bootstrap and {report.blobs} blobs, {report.chunks} chunks, "
-              f"{_human(report.bytes)} verified")
+        print(
+            f"{image.name}: {state}: bootstrap and {report.blobs} blobs, {report.chunks} chunks, "
+            f"{_human(report.bytes)} verified"
+        )
     return 0 if report.ok else 4
 
 
@@ -222,14 +269,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ketch", description="Lazily-loaded, deduplicated, verifiable container images.")
+    parser = argparse.ArgumentParser(
+        prog="ketch", description="Lazily-loaded, deduplicated, verifiable container images."
+    )
     parser.add_argument("--version", action="version", version=f"ketch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("convert", help="convert an OCI image to a Ketch image")
     p.add_argument("source", metavar="SOURCE", help="oci:DIR[:TAG]")
     p.add_argument("dest", metavar="DEST", help="oci:DIR[:TAG]")
-    p.add_argument("--platform", help="OS/ARCH[/VARIANT] to pick from an index (default linux/amd64)")
+    p.add_argument(
+        "--platform", help="OS/ARCH[/VARIANT] to pick from an index (default linux/amd64)"
+    )
     _add_build_options(p)
     p.set_defaults(run=cmd_convert)
 
@@ -237,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rootfs", metavar="ROOTFS_DIR")
     p.add_argument("dest", metavar="DEST", help="oci:DIR[:TAG]")
     p.add_argument("--cmd", nargs="+", help="the image's default command")
-    p.add_argument("--env", action="append", help="KEY=VALUE for the image's environment (repeatable)")
+    p.add_argument(
+        "--env", action="append", help="KEY=VALUE for the image's environment (repeatable)"
+    )
     p.add_argument("--workdir", help="the image's working directory")
     _add_build_options(p)
     p.set_defaults(run=cmd_build)
@@ -279,8 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line unless asked for the traceback
         if os.environ.get("KETCH_DEBUG"):
             traceback.print_exc()
-        print(f"ketch: internal error: {type(exc).__name__}: {exc} (set KETCH_DEBUG=1 for details)",
-              file=sys.stderr)
+        print(
+            f"ketch: internal error: {type(exc).__name__}: {exc} (set KETCH_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
         return 70
 
 

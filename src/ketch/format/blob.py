@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import IO
 
 from ketch.errors import integrity
 from ketch.format.digests import DigestAlgorithm
@@ -18,7 +18,7 @@ from ketch.format.records import BLOB_TRAILER_SIZE, BlobChunkEntry, BlobTrailer
 class BlobWriter:
     """Appends compressed chunks to ``out``, then seals the blob with table and trailer."""
 
-    def __init__(self, out: BinaryIO, algo: DigestAlgorithm) -> None:
+    def __init__(self, out: IO[bytes], algo: DigestAlgorithm) -> None:
         self._out = out
         self._algo = algo
         self._sha = hashlib.sha256()
@@ -45,7 +45,9 @@ class BlobWriter:
     def finish(self) -> tuple[str, int]:
         """Write table and trailer; the blob's OCI digest and size."""
         table = b"".join(e.pack() for e in self._entries)
-        trailer = BlobTrailer(int(self._algo), len(self._entries), self._offset, self._algo.digest(table))
+        trailer = BlobTrailer(
+            int(self._algo), len(self._entries), self._offset, self._algo.digest(table)
+        )
         self._write(table)
         self._write(trailer.pack())
         return "sha256:" + self._sha.hexdigest(), self._offset
@@ -54,7 +56,9 @@ class BlobWriter:
 ReadRange = Callable[[int, int], bytes]
 
 
-def read_blob_table(name: str, size: int, read_range: ReadRange) -> tuple[DigestAlgorithm, list[BlobChunkEntry]]:
+def read_blob_table(
+    name: str, size: int, read_range: ReadRange
+) -> tuple[DigestAlgorithm, list[BlobChunkEntry]]:
     """Parse and validate a blob's trailer and chunk table (not the chunk bytes)."""
     if size < BLOB_TRAILER_SIZE:
         raise integrity(f"blob {name}: size", f">= {BLOB_TRAILER_SIZE}", size)
@@ -62,7 +66,9 @@ def read_blob_table(name: str, size: int, read_range: ReadRange) -> tuple[Digest
     try:
         algo = DigestAlgorithm(trailer.digest_algorithm)
     except ValueError:
-        raise integrity(f"blob {name}: digest algorithm", "1 or 2", trailer.digest_algorithm) from None
+        raise integrity(
+            f"blob {name}: digest algorithm", "1 or 2", trailer.digest_algorithm
+        ) from None
     table_size = trailer.chunk_count * BlobChunkEntry.size_of
     if trailer.table_offset + table_size + BLOB_TRAILER_SIZE != size:
         raise integrity(

@@ -103,7 +103,9 @@ class Bootstrap:
             raise integrity(f"{self.name}: chunk index", f"< {sb.chunk_count}", index)
         record = ChunkRecord.unpack(self._view, sb.chunk_offset + index * ChunkRecord.size_of)
         if record.blob >= sb.blob_count:
-            raise integrity(f"{self.name}: chunk {index} blob index", f"< {sb.blob_count}", record.blob)
+            raise integrity(
+                f"{self.name}: chunk {index} blob index", f"< {sb.blob_count}", record.blob
+            )
         return record
 
     def blob(self, index: int) -> BlobRecord:
@@ -203,7 +205,9 @@ class Bootstrap:
         end = record.data_start + record.data_count
         if end > self.superblock.chunkref_count:
             raise integrity(
-                f"{self.name}: inode {index} chunkrefs end", f"<= {self.superblock.chunkref_count}", end
+                f"{self.name}: inode {index} chunkrefs end",
+                f"<= {self.superblock.chunkref_count}",
+                end,
             )
         return range(record.data_start, end)
 

@@ -49,7 +49,9 @@ def verify_bootstrap(bs: Bootstrap) -> list[str]:
         if seen == 0:
             problems.append(f"{bs.name}: inode {index}: reachable: expected yes, found no")
         elif not stat.S_ISDIR(record.mode) and seen != record.nlink:
-            problems.append(f"{bs.name}: inode {index}: nlink: expected {seen}, found {record.nlink}")
+            problems.append(
+                f"{bs.name}: inode {index}: nlink: expected {seen}, found {record.nlink}"
+            )
     return problems
 
 
@@ -145,4 +147,3 @@ class _Walker:
         if position != record.size:
             self.report(path, "bytes covered by chunks", record.size, position)
         return digests
-

@@ -64,14 +64,14 @@ class ZstdCodec(Codec):
                 level=self._level, write_checksum=False, write_content_size=True
             )
             self._local.c = ctx
-        return ctx  # type: ignore[no-any-return]
+        return ctx
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
         ctx = getattr(self._local, "d", None)
         if ctx is None:
             ctx = zstandard.ZstdDecompressor()
             self._local.d = ctx
-        return ctx  # type: ignore[no-any-return]
+        return ctx
 
     def compress(self, data: bytes | memoryview) -> bytes:
         return self._compressor().compress(data)

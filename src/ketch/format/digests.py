@@ -47,7 +47,7 @@ class DigestAlgorithm(enum.IntEnum):
     def new(self) -> Hasher:
         """An incremental hasher (``update``/``digest``)."""
         if self is DigestAlgorithm.BLAKE3:
-            return blake3.blake3()  # type: ignore[no-any-return]
+            return blake3.blake3()
         return hashlib.sha256()
 
     def digest(self, data: bytes | memoryview) -> bytes:

@@ -122,7 +122,9 @@ class Superblock:
         if fields[1] != FORMAT_VERSION:
             raise integrity("bootstrap format version", FORMAT_VERSION, fields[1])
         if fields[2] & ~int(KNOWN_SUPER_FLAGS):
-            raise integrity("bootstrap flags", f"within {int(KNOWN_SUPER_FLAGS):#x}", hex(fields[2]))
+            raise integrity(
+                "bootstrap flags", f"within {int(KNOWN_SUPER_FLAGS):#x}", hex(fields[2])
+            )
         return cls(fields[1], SuperFlags(fields[2]), *fields[3:])
 
 

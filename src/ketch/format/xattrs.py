@@ -1,6 +1,6 @@
 """The xattr block of an inode (docs/format.md §2.8).
 
-    u16 count, then per attribute sorted by name: u16 name_size, u32 value_size, name, value
+u16 count, then per attribute sorted by name: u16 name_size, u32 value_size, name, value
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def check_image(image: KetchImage, on_bytes: Callable[[int], None] = lambda _: N
             if size != blob.size:
                 report.problems.append(f"blob {digest}: size: expected {blob.size}, found {size}")
                 continue
-            algo, entries = read_blob_table(digest, size, lambda o, n, d=digest: image.store.read_range(d, o, n))
+            algo, entries = read_blob_table(digest, size, image.store.range_reader(digest))
             if algo is not bootstrap.digest_algorithm:
                 report.problems.append(
                     f"blob {digest}: digest algorithm: expected {bootstrap.digest_algorithm.label}, found {algo.label}"
@@ -57,7 +57,14 @@ def check_image(image: KetchImage, on_bytes: Callable[[int], None] = lambda _: N
             continue
         tables[index] = {e.compressed_offset: e for e in entries}
         records = [
-            ChunkRecord(e.digest, index, e.compressed_offset, e.compressed_size, e.uncompressed_size, e.codec)
+            ChunkRecord(
+                e.digest,
+                index,
+                e.compressed_offset,
+                e.compressed_size,
+                e.uncompressed_size,
+                e.codec,
+            )
             for e in entries
         ]
         for group in merge_ranges(records, _BATCH):
@@ -79,7 +86,12 @@ def check_image(image: KetchImage, on_bytes: Callable[[int], None] = lambda _: N
         if table is None:
             continue
         entry = table.get(chunk.compressed_offset)
-        if entry is None or (entry.digest, entry.compressed_size, entry.uncompressed_size, entry.codec) != (
+        if entry is None or (
+            entry.digest,
+            entry.compressed_size,
+            entry.uncompressed_size,
+            entry.codec,
+        ) != (
             chunk.digest,
             chunk.compressed_size,
             chunk.uncompressed_size,

@@ -6,6 +6,7 @@ numbers are bootstrap inode indexes plus one (FUSE's root is 1), so hardlinks sh
 
 from __future__ import annotations
 
+import itertools
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,12 +96,8 @@ class ImageFS:
 
     def _fetch(self, pieces: list[tuple[int, ChunkRecord]]) -> Iterator[tuple[int, bytes]]:
         """Fetch a file range's chunks, one merged read per run within a blob."""
-        run: list[tuple[int, ChunkRecord]] = []
-        for piece in pieces + [(-1, ChunkRecord(b"", -1, 0, 0, 0, 0))]:
-            if run and piece[1].blob != run[0][1].blob:
-                blob = self.bootstrap.blob(run[0][1].blob).oci_digest
-                datas = self.reader.read(blob, [chunk for _, chunk in run])
-                yield from zip((o for o, _ in run), datas, strict=True)
-                run = []
-            if piece[0] >= 0:
-                run.append(piece)
+        for blob_index, group in itertools.groupby(pieces, key=lambda piece: piece[1].blob):
+            run = list(group)
+            blob = self.bootstrap.blob(blob_index).oci_digest
+            datas = self.reader.read(blob, [chunk for _, chunk in run])
+            yield from zip((offset for offset, _ in run), datas, strict=True)

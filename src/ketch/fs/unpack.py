@@ -38,12 +38,19 @@ class _Unpacker:
     def _directory(self, ino: int, dir_fd: int, rel: bytes) -> None:
         for name, child in self.fs.readdir(ino):
             if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
-                raise IntegrityError(f"directory {rel.decode(errors='replace') or '/'}: bad entry name {name!r}")
+                raise IntegrityError(
+                    f"directory {rel.decode(errors='replace') or '/'}: bad entry name {name!r}"
+                )
             child_rel = rel + b"/" + name if rel else name
             attr = self.fs.getattr(child)
             if child in self.first_path and not stat.S_ISDIR(attr.mode):
-                os.link(self.first_path[child], name, src_dir_fd=self.root_fd, dst_dir_fd=dir_fd,
-                        follow_symlinks=False)
+                os.link(
+                    self.first_path[child],
+                    name,
+                    src_dir_fd=self.root_fd,
+                    dst_dir_fd=dir_fd,
+                    follow_symlinks=False,
+                )
                 continue
             self.first_path[child] = child_rel
             kind = stat.S_IFMT(attr.mode)
@@ -56,7 +63,9 @@ class _Unpacker:
                 finally:
                     os.close(fd)
             elif kind == stat.S_IFREG:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
+                fd = os.open(
+                    name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd
+                )
                 try:
                     self._write_contents(child, attr.size, fd)
                     self._apply_attrs(attr, fd, None, child)
@@ -70,7 +79,9 @@ class _Unpacker:
                 os.mknod(name, kind | 0o600, attr.rdev, dir_fd=dir_fd)
                 self._apply_attrs(attr, dir_fd, name, child)
             else:
-                raise IntegrityError(f"{child_rel.decode(errors='replace')}: unknown file type {oct(attr.mode)}")
+                raise IntegrityError(
+                    f"{child_rel.decode(errors='replace')}: unknown file type {oct(attr.mode)}"
+                )
 
     def _write_contents(self, ino: int, size: int, fd: int) -> None:
         offset = 0

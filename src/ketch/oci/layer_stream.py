@@ -13,7 +13,7 @@ import hashlib
 import queue
 import threading
 import zlib
-from typing import IO
+from typing import IO, cast
 
 import zstandard
 
@@ -49,9 +49,13 @@ class _HashingReader:
 class LayerStream:
     """A file-like view of a layer's uncompressed tar bytes."""
 
-    def __init__(self, raw: IO[bytes], compression: str, digest: str, *, size: int | None = None) -> None:
+    def __init__(
+        self, raw: IO[bytes], compression: str, digest: str, *, size: int | None = None
+    ) -> None:
         if compression not in ("gzip", "zstd", "none"):
-            raise UnsupportedError(f"layer {digest}: compression {compression!r} is not gzip, zstd or none")
+            raise UnsupportedError(
+                f"layer {digest}: compression {compression!r} is not gzip, zstd or none"
+            )
         self.digest = digest
         self._compression = compression
         self._expected_size = size
@@ -61,19 +65,25 @@ class LayerStream:
         self._buffer = memoryview(b"")
         self._eof = False
         self.uncompressed_bytes = 0
-        self._thread = threading.Thread(target=self._run, name=f"decompress-{digest[7:19]}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"decompress-{digest[7:19]}", daemon=True
+        )
         self._thread.start()
 
     # -- producer thread --------------------------------------------------------------
 
     def _decompressor(self) -> IO[bytes]:
+        source = cast(IO[bytes], self._hashing)
         if self._compression == "gzip":
-            return gzip.GzipFile(fileobj=self._hashing, mode="rb")  # type: ignore[arg-type]
+            return cast(IO[bytes], gzip.GzipFile(fileobj=source, mode="rb"))
         if self._compression == "zstd":
-            return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[return-value]
-                self._hashing, read_size=BLOCK, read_across_frames=True
+            return cast(
+                IO[bytes],
+                zstandard.ZstdDecompressor().stream_reader(
+                    source, read_size=BLOCK, read_across_frames=True
+                ),
             )
-        return self._hashing  # type: ignore[return-value]
+        return source
 
     def _put(self, item: bytes | BaseException | None) -> bool:
         while not self._stop.is_set():
@@ -101,12 +111,16 @@ class LayerStream:
         except KetchError as exc:
             self._put(exc)
         except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
-            self._put(BadLayerError(f"layer {self.digest}: {self._compression} stream is broken: {exc}"))
+            self._put(
+                BadLayerError(f"layer {self.digest}: {self._compression} stream is broken: {exc}")
+            )
 
     def _verify(self) -> None:
         found = "sha256:" + self._hashing.sha.hexdigest()
         if found != self.digest:
-            raise IntegrityError(f"layer {self.digest}: digest: expected {self.digest}, found {found}")
+            raise IntegrityError(
+                f"layer {self.digest}: digest: expected {self.digest}, found {found}"
+            )
         if self._expected_size is not None and self._hashing.count != self._expected_size:
             raise IntegrityError(
                 f"layer {self.digest}: size: expected {self._expected_size}, found {self._hashing.count}"

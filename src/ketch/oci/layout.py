@@ -58,7 +58,9 @@ class OciLayout:
             raise StorageError(f"{root}: exists and is not a directory")
         (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         layout = cls(root)
-        layout._replace(root / "oci-layout", canonical_json({"imageLayoutVersion": mt.OCI_LAYOUT_VERSION}))
+        layout._replace(
+            root / "oci-layout", canonical_json({"imageLayoutVersion": mt.OCI_LAYOUT_VERSION})
+        )
         if not (root / "index.json").exists():
             layout._write_index([])
         return layout
@@ -86,10 +88,14 @@ class OciLayout:
         except FileNotFoundError:
             raise NotFoundError(f"{self.root}: blob {digest} not found") from None
         if max_size is not None and len(data) > max_size:
-            raise IntegrityError(f"{self.root}: blob {digest}: size: expected <= {max_size}, found more")
+            raise IntegrityError(
+                f"{self.root}: blob {digest}: size: expected <= {max_size}, found more"
+            )
         found = "sha256:" + hashlib.sha256(data).hexdigest()
         if found != digest:
-            raise IntegrityError(f"{self.root}: blob {digest}: digest: expected {digest}, found {found}")
+            raise IntegrityError(
+                f"{self.root}: blob {digest}: digest: expected {digest}, found {found}"
+            )
         return data
 
     def open_blob(self, digest: str) -> IO[bytes]:
@@ -113,11 +119,11 @@ class OciLayout:
                 os.fsync(f.fileno())
             if len(digest_out) != 1:
                 raise StorageError(f"{self.root}: blob written without a digest")
-            os.chmod(tmp, 0o644)  # noqa: PTH101 - mkstemp made it 0600
+            os.chmod(tmp, 0o644)
             os.replace(tmp, self.blob_path(digest_out[0]))
         finally:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)  # noqa: PTH108
+                os.unlink(tmp)
 
     def write_blob(self, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -147,12 +153,18 @@ class OciLayout:
         ]
 
     def resolve_tag(self, tag: str) -> Descriptor:
-        matches = [d for d in self.descriptors() if d.annotations.get(mt.ANNOTATION_REF_NAME) == tag]
+        matches = [
+            d for d in self.descriptors() if d.annotations.get(mt.ANNOTATION_REF_NAME) == tag
+        ]
         if not matches:
-            raise NotFoundError(f"oci:{self.root}:{tag}: no such tag (tags: {', '.join(self.tags()) or 'none'})")
+            raise NotFoundError(
+                f"oci:{self.root}:{tag}: no such tag (tags: {', '.join(self.tags()) or 'none'})"
+            )
         return matches[-1]
 
-    def manifest(self, tag: str, platform: Platform | None = None) -> tuple[Descriptor, Manifest, bytes]:
+    def manifest(
+        self, tag: str, platform: Platform | None = None
+    ) -> tuple[Descriptor, Manifest, bytes]:
         """The image manifest a tag names, choosing a platform from an index."""
         descriptor = self.resolve_tag(tag)
         for _ in range(4):  # an index may name an index; stop at a sane depth
@@ -172,7 +184,10 @@ class OciLayout:
         manifests = [
             m
             for m in doc.get("manifests", [])
-            if not (isinstance(m, dict) and (m.get("annotations") or {}).get(mt.ANNOTATION_REF_NAME) == tag)
+            if not (
+                isinstance(m, dict)
+                and (m.get("annotations") or {}).get(mt.ANNOTATION_REF_NAME) == tag
+            )
         ]
         annotations = dict(descriptor.annotations)
         annotations[mt.ANNOTATION_REF_NAME] = tag
@@ -192,11 +207,11 @@ class OciLayout:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # noqa: PTH101
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)  # noqa: PTH108
+                os.unlink(tmp)
 
 
 def _choose_platform(entries: list[Descriptor], platform: Platform, tag: str) -> Descriptor:

@@ -47,7 +47,11 @@ class Descriptor:
     artifact_type: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": self.digest,
+            "size": self.size,
+        }
         if self.artifact_type:
             out["artifactType"] = self.artifact_type
         if self.platform:
@@ -59,16 +63,24 @@ class Descriptor:
     @classmethod
     def from_json(cls, value: Any, where: str) -> Descriptor:
         if not isinstance(value, dict):
-            raise IntegrityError(f"{where}: descriptor: expected an object, found {type(value).__name__}")
+            raise IntegrityError(
+                f"{where}: descriptor: expected an object, found {type(value).__name__}"
+            )
         digest = value.get("digest")
         size = value.get("size")
         media_type = value.get("mediaType", "")
         if not isinstance(digest, str) or not _DIGEST.match(digest):
-            raise IntegrityError(f"{where}: descriptor digest: expected sha256:<64 hex>, found {digest!r}")
+            raise IntegrityError(
+                f"{where}: descriptor digest: expected sha256:<64 hex>, found {digest!r}"
+            )
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise IntegrityError(f"{where}: descriptor size: expected an integer >= 0, found {size!r}")
+            raise IntegrityError(
+                f"{where}: descriptor size: expected an integer >= 0, found {size!r}"
+            )
         if not isinstance(media_type, str):
-            raise IntegrityError(f"{where}: descriptor mediaType: expected a string, found {media_type!r}")
+            raise IntegrityError(
+                f"{where}: descriptor mediaType: expected a string, found {media_type!r}"
+            )
         annotations = value.get("annotations") or {}
         if not isinstance(annotations, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
@@ -111,9 +123,13 @@ class Manifest:
         doc = load_json(data, where)
         kind = doc.get("mediaType") or media_type or mt.OCI_MANIFEST
         if kind not in mt.MANIFEST_TYPES:
-            raise UnsupportedError(f"{where}: manifest media type {kind!r} is not an image manifest")
+            raise UnsupportedError(
+                f"{where}: manifest media type {kind!r} is not an image manifest"
+            )
         if doc.get("schemaVersion") != 2:
-            raise IntegrityError(f"{where}: schemaVersion: expected 2, found {doc.get('schemaVersion')!r}")
+            raise IntegrityError(
+                f"{where}: schemaVersion: expected 2, found {doc.get('schemaVersion')!r}"
+            )
         layers = doc.get("layers")
         if not isinstance(layers, list):
             raise IntegrityError(f"{where}: layers: expected a list, found {type(layers).__name__}")
@@ -132,7 +148,9 @@ def parse_index(data: bytes, where: str) -> list[Descriptor]:
     doc = load_json(data, where)
     manifests = doc.get("manifests")
     if not isinstance(manifests, list):
-        raise IntegrityError(f"{where}: manifests: expected a list, found {type(manifests).__name__}")
+        raise IntegrityError(
+            f"{where}: manifests: expected a list, found {type(manifests).__name__}"
+        )
     return [Descriptor.from_json(m, f"{where} manifest {i}") for i, m in enumerate(manifests)]
 
 

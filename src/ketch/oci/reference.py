@@ -1,8 +1,8 @@
 """Image references with transports, as skopeo spells them.
 
-    oci:DIR[:TAG]                      an OCI image layout on disk (tag "latest" if omitted)
-    docker://HOST[:PORT]/REPO[:TAG|@DIGEST]   a registry (the registry issue)
-    s3://BUCKET/PREFIX[:TAG]           an OCI layout in object storage (the S3 issue)
+oci:DIR[:TAG]                      an OCI image layout on disk (tag "latest" if omitted)
+docker://HOST[:PORT]/REPO[:TAG|@DIGEST]   a registry (the registry issue)
+s3://BUCKET/PREFIX[:TAG]           an OCI layout in object storage (the S3 issue)
 """
 
 from __future__ import annotations

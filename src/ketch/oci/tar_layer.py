@@ -122,7 +122,9 @@ def _xattrs(info: tarfile.TarInfo, layer: str) -> dict[bytes, bytes]:
             try:
                 out[name] = base64.b64decode(value + "=" * (-len(value) % 4))
             except binascii.Error:
-                raise BadLayerError(f"layer {layer}: {info.name}: xattr {key} is not base64") from None
+                raise BadLayerError(
+                    f"layer {layer}: {info.name}: xattr {key} is not base64"
+                ) from None
     for name in out:
         if not name or len(name) > 255 or b"\0" in name:
             raise BadLayerError(f"layer {layer}: {info.name}: xattr name {name!r} is not valid")
@@ -138,15 +140,26 @@ def _entry(info: tarfile.TarInfo, layer: str) -> LayerEntry | None:
     if base.startswith(WHITEOUT_PREFIX):
         victim = base[len(WHITEOUT_PREFIX) :]
         if victim in (b"", b".", b"..") or victim.startswith(WHITEOUT_PREFIX):
-            raise BadLayerError(f"layer {layer}: whiteout {info.name!r} names {victim!r}, not an entry")
+            raise BadLayerError(
+                f"layer {layer}: whiteout {info.name!r} names {victim!r}, not an entry"
+            )
         return LayerEntry((*path[:-1], victim), EntryKind.WHITEOUT)
     kind = _TYPES.get(info.type)
     if kind is None:
-        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+        if info.type in (
+            tarfile.XHDTYPE,
+            tarfile.XGLTYPE,
+            tarfile.GNUTYPE_LONGNAME,
+            tarfile.GNUTYPE_LONGLINK,
+        ):
             return None
-        raise UnsupportedError(f"layer {layer}: {info.name!r}: tar entry type {info.type!r} is not supported")
+        raise UnsupportedError(
+            f"layer {layer}: {info.name!r}: tar entry type {info.type!r} is not supported"
+        )
     if not path and kind is not EntryKind.DIR:
-        raise BadLayerError(f"layer {layer}: entry {info.name!r} replaces the root with a {kind.value}")
+        raise BadLayerError(
+            f"layer {layer}: entry {info.name!r} replaces the root with a {kind.value}"
+        )
     if info.size < 0:
         raise BadLayerError(f"layer {layer}: {info.name!r}: size {info.size} is negative")
     sec, nsec = _mtime(info)
@@ -178,7 +191,12 @@ def _entry(info: tarfile.TarInfo, layer: str) -> LayerEntry | None:
 
 def _makedev(major: int, minor: int) -> int:
     # Linux's encoding, as os.makedev computes it, without the host's limits.
-    return ((major & 0xFFFFF000) << 32) | ((major & 0xFFF) << 8) | ((minor & 0xFFFFFF00) << 12) | (minor & 0xFF)
+    return (
+        ((major & 0xFFFFF000) << 32)
+        | ((major & 0xFFF) << 8)
+        | ((minor & 0xFFFFFF00) << 12)
+        | (minor & 0xFF)
+    )
 
 
 class LayerReader:
@@ -191,8 +209,9 @@ class LayerReader:
     def __init__(self, stream: IO[bytes], layer: str) -> None:
         self.layer = layer
         self._current: tarfile.TarInfo | None = None
+        self._tar: tarfile.TarFile | None
         try:
-            self._tar = tarfile.open(fileobj=stream, mode="r|", bufsize=BLOCK)
+            self._tar = tarfile.open(fileobj=stream, mode="r|", bufsize=BLOCK)  # noqa: SIM115 - lives as long as the reader
         except tarfile.ReadError as exc:
             if "empty file" in str(exc):
                 self._tar = None  # an empty layer is valid and has no entries

@@ -19,7 +19,9 @@ DEFAULT_MAX_MERGE = 8 << 20
 
 
 class ChunkReader:
-    def __init__(self, store: ImageStore, algo: DigestAlgorithm, *, max_merge: int = DEFAULT_MAX_MERGE) -> None:
+    def __init__(
+        self, store: ImageStore, algo: DigestAlgorithm, *, max_merge: int = DEFAULT_MAX_MERGE
+    ) -> None:
         self.store = store
         self.algo = algo
         self.max_merge = max_merge
@@ -62,7 +64,10 @@ def merge_ranges(chunks: Sequence[ChunkRecord], max_merge: int) -> list[list[Chu
         if groups:
             last = groups[-1][-1]
             span = chunk.compressed_offset + chunk.compressed_size - groups[-1][0].compressed_offset
-            if chunk.compressed_offset == last.compressed_offset + last.compressed_size and span <= max_merge:
+            if (
+                chunk.compressed_offset == last.compressed_offset + last.compressed_size
+                and span <= max_merge
+            ):
                 groups[-1].append(chunk)
                 continue
         groups.append([chunk])

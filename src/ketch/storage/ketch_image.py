@@ -48,7 +48,9 @@ def open_ketch_image(
     where = f"{store.name}:{tag}"
     layer = bootstrap_layer(manifest, where)
     if layer.size > MAX_BOOTSTRAP_SIZE:
-        raise IntegrityError(f"{where}: bootstrap size: expected <= {MAX_BOOTSTRAP_SIZE}, found {layer.size}")
+        raise IntegrityError(
+            f"{where}: bootstrap size: expected <= {MAX_BOOTSTRAP_SIZE}, found {layer.size}"
+        )
     if cache_dir is None:
         data = store.read_blob(layer.digest, max_size=layer.size)
         bootstrap = Bootstrap(data, name=f"bootstrap {layer.digest}")

@@ -55,7 +55,9 @@ class OciLayoutStore(ImageStore):
     def has_blob(self, digest: str) -> bool:
         return self.layout.has_blob(digest)
 
-    def resolve(self, tag: str, platform: Platform | None = None) -> tuple[Descriptor, Manifest, bytes]:
+    def resolve(
+        self, tag: str, platform: Platform | None = None
+    ) -> tuple[Descriptor, Manifest, bytes]:
         return self.layout.manifest(tag, platform)
 
     def scratch_dir(self) -> Path:
@@ -94,7 +96,9 @@ class OciLayoutStore(ImageStore):
                 out.write(block)
             found = "sha256:" + sha.hexdigest()
             if found != digest:
-                raise IntegrityError(f"{other.name}: blob {digest}: digest: expected {digest}, found {found}")
+                raise IntegrityError(
+                    f"{other.name}: blob {digest}: digest: expected {digest}, found {found}"
+                )
             digests.append(digest)
 
     def put_manifest(self, data: bytes, media_type: str, tag: str) -> Descriptor:

@@ -9,6 +9,8 @@ names missing blobs. Storage knows blobs, never inodes.
 from __future__ import annotations
 
 import abc
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +29,10 @@ class ImageStore(abc.ABC):
     def read_range(self, digest: str, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes at ``offset`` of a blob, or raise."""
 
+    def range_reader(self, digest: str) -> Callable[[int, int], bytes]:
+        """``read_range`` bound to one blob: ``(offset, length) -> bytes``."""
+        return lambda offset, length: self.read_range(digest, offset, length)
+
     @abc.abstractmethod
     def blob_size(self, digest: str) -> int: ...
 
@@ -42,7 +48,9 @@ class ImageStore(abc.ABC):
     def has_blob(self, digest: str) -> bool: ...
 
     @abc.abstractmethod
-    def resolve(self, tag: str, platform: Platform | None = None) -> tuple[Descriptor, Manifest, bytes]:
+    def resolve(
+        self, tag: str, platform: Platform | None = None
+    ) -> tuple[Descriptor, Manifest, bytes]:
         """The image manifest a tag names (a platform chosen from an index)."""
 
     # -- the write path ---------------------------------------------------------------
@@ -56,8 +64,6 @@ class ImageStore(abc.ABC):
         """Store a finished local file as blob ``digest`` (the file may be consumed)."""
 
     def push_blob_bytes(self, data: bytes, digest: str) -> None:
-        import tempfile
-
         with tempfile.NamedTemporaryFile(dir=self.scratch_dir(), prefix=".tmp-", delete=False) as f:
             f.write(data)
         tmp = Path(f.name)
