@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Callable
 from typing import IO
 
-from ketch.errors import integrity
+from ketch.errors import IntegrityError, integrity
 from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import BLOB_TRAILER_SIZE, BlobChunkEntry, BlobTrailer
 
@@ -62,7 +62,10 @@ def read_blob_table(
     """Parse and validate a blob's trailer and chunk table (not the chunk bytes)."""
     if size < BLOB_TRAILER_SIZE:
         raise integrity(f"blob {name}: size", f">= {BLOB_TRAILER_SIZE}", size)
-    trailer = BlobTrailer.unpack(read_range(size - BLOB_TRAILER_SIZE, BLOB_TRAILER_SIZE))
+    try:
+        trailer = BlobTrailer.unpack(read_range(size - BLOB_TRAILER_SIZE, BLOB_TRAILER_SIZE))
+    except IntegrityError as exc:
+        raise IntegrityError(f"blob {name}: {exc.message}") from None
     try:
         algo = DigestAlgorithm(trailer.digest_algorithm)
     except ValueError:

@@ -34,6 +34,8 @@ def encode_xattrs(xattrs: Mapping[bytes, bytes]) -> bytes:
 def decode_xattrs(block: bytes | memoryview) -> dict[bytes, bytes]:
     if not block:
         return {}
+    if len(block) < _COUNT.size:
+        raise integrity("xattr block size", f">= {_COUNT.size}", len(block))
     (count,) = _COUNT.unpack_from(block, 0)
     pos = _COUNT.size
     out: dict[bytes, bytes] = {}

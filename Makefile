@@ -1,0 +1,85 @@
+# Ketch developer entry points. `make test` is what CI runs (.ci/run).
+#
+#   make install      Debian packages (scripts/install-system-deps.sh) + .venv with '.[dev]'
+#   make lint         ruff check, ruff format --check, mypy, lint-imports
+#   make test         install, lint, then pytest on 2 workers
+#   make demo         scripts/demo.sh
+#   make corpus       shared corpus images  -> .cache/corpus/oci  (if missing)
+#   make test-images  Ketch's own images    -> .cache/images/oci  (if missing)
+#   make bench        python -m bench (once bench/__main__.py exists)
+#   make clean        tool caches, build outputs, unpacked bundles (keeps .venv and images)
+#   make distclean    clean + .venv + all of .cache
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+SHARED ?= ../shared
+PYTEST_WORKERS ?= 2
+
+VENV := .venv
+STAMP := $(VENV)/.installed
+CACHE := .cache
+CORPUS := $(CACHE)/corpus
+IMAGES := $(CACHE)/images
+
+# Directories with Python files in them: ruff warns and mypy fails on ones without.
+py_dirs = $(foreach d,$(1),$(if $(shell find $(d) -name '*.py' -print -quit 2>/dev/null),$(d)))
+
+# The integration fixtures (tests/integration/conftest.py) find the shared corpus script here.
+export KETCH_SHARED := $(abspath $(SHARED))
+
+.PHONY: install system-deps lint test demo corpus test-images bench clean distclean
+
+install: $(STAMP)
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+# Order-only on system-deps: it runs every time (quietly, in a fraction of a second)
+# but does not make the venv out of date.
+$(STAMP): pyproject.toml | system-deps
+	@test -x $(VENV)/bin/python || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+lint: install
+	$(VENV)/bin/ruff check $(call py_dirs,src tests bench scripts)
+	$(VENV)/bin/ruff format --check $(call py_dirs,src tests bench scripts)
+	$(VENV)/bin/mypy $(call py_dirs,src tests bench)
+	$(VENV)/bin/lint-imports
+
+test: install lint
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) tests
+
+demo: install
+	scripts/demo.sh
+
+corpus: $(CORPUS)/oci/index.json
+
+# The shared script writes index.json first, so a failed build must not leave it behind.
+$(CORPUS)/oci/index.json:
+	@test -f $(SHARED)/corpus/build-images.sh || { echo "no $(SHARED)/corpus/build-images.sh (set SHARED=...)" >&2; exit 1; }
+	bash $(SHARED)/corpus/build-images.sh $(CORPUS) || { rm -rf $(CORPUS)/oci; exit 1; }
+
+test-images: $(IMAGES)/oci/index.json
+
+# The script publishes $(IMAGES)/oci only once it is complete.
+$(IMAGES)/oci/index.json:
+	scripts/build-test-images.sh $(IMAGES)
+
+bench: install
+	@if [[ -f bench/__main__.py ]]; then \
+	  $(VENV)/bin/python -m bench; \
+	else \
+	  echo "bench: no bench/__main__.py yet, nothing to run"; \
+	fi
+
+clean:
+	rm -rf build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(CACHE)/umoci
+	find . -path ./$(VENV) -prune -o -path ./$(CACHE) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) $(CACHE)

@@ -1,0 +1,1 @@
+"""Integration tests: Ketch against real components, images and hostile inputs."""
