@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ketch.format.bootstrap import Bootstrap
+from ketch.format.digests import DigestAlgorithm
 from ketch.oci import mediatypes as mt
 from tests.fixtures import ocilayout as ol
 from tests.fixtures.ketch import convert, image_fs, open_image, unpack_image
@@ -48,8 +49,6 @@ def test_merged_tree_applies_whiteouts_and_opaque_dirs(tmp_path: Path) -> None:
     assert (out / "d" / "new").read_bytes() == b"new"
     # The deleted file's chunk is stored in the lower blob but is not part of the tree.
     bootstrap = open_image(tmp_path / "dst").bootstrap
-    from ketch.format.digests import DigestAlgorithm
-
     assert DigestAlgorithm.BLAKE3.digest(gone) not in {c.digest for c in bootstrap.chunks()}
 
 

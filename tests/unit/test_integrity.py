@@ -11,6 +11,8 @@ import pytest
 from ketch.errors import IntegrityError, KetchError
 from ketch.format.bootstrap import Bootstrap
 from ketch.format.bootstrap_verify import verify_bootstrap
+from ketch.format.digests import DigestAlgorithm
+from ketch.format.records import SUPERBLOCK, Superblock
 from ketch.fs.check import check_image
 from tests.fixtures import ocilayout as ol
 from tests.fixtures.ketch import convert, image_fs, open_image
@@ -69,9 +71,6 @@ def test_offsets_outside_the_file_are_rejected(image_layout: Path) -> None:
     data = bytearray(_bootstrap_path(image_layout).read_bytes())
     # Re-seal a superblock whose inode table lies past the end: the bounds check, not
     # the superblock digest, must catch it.
-    from ketch.format.digests import DigestAlgorithm
-    from ketch.format.records import SUPERBLOCK, Superblock
-
     sb = Superblock.unpack(bytes(data))
     fields = list(SUPERBLOCK.unpack_from(bytes(data)))
     fields[6] = len(data) + 4096  # inode_offset
