@@ -23,7 +23,7 @@ from ketch.builder.chunker import Chunker
 from ketch.builder.tree import LayerChanges, Node
 from ketch.errors import BadLayerError
 from ketch.format.blob import BlobWriter
-from ketch.format.codecs import Codec
+from ketch.format.codecs import Codec, CodecId
 from ketch.format.digests import DigestAlgorithm
 from ketch.oci.tar_layer import EntryKind, LayerEntry
 
@@ -70,11 +70,16 @@ class LayerBuilder:
         self._pool = pool
         self._on_bytes = on_bytes
 
-    def _hash_and_compress(self, data: bytes) -> tuple[bytes, bytes | None, int]:
+    def _hash_and_compress(self, data: bytes) -> tuple[bytes, tuple[bytes, int] | None, int]:
+        """Digest, then (stored bytes, codec) unless the chunk is already known."""
         digest = self._algo.digest(data)
         if digest in self._index:
             return digest, None, len(data)
-        return digest, self._codec.compress(data), len(data)
+        compressed = self._codec.compress(data)
+        if len(compressed) >= len(data):
+            # Incompressible: stored as is, which also spares every reader a decompression.
+            return digest, (data, CodecId.NONE), len(data)
+        return digest, (compressed, self._codec.codec_id), len(data)
 
     def build(
         self, name: str, entries: Iterator[tuple[LayerEntry, DataSource | None]]
@@ -99,7 +104,7 @@ class LayerBuilder:
         spool = BlobWriter(spool_file, self._algo)
         new: dict[bytes, ChunkLocation] = {}
         arrival: list[bytes] = []
-        inflight: deque[tuple[Node, Future[tuple[bytes, bytes | None, int]]]] = deque()
+        inflight: deque[tuple[Node, Future[tuple[bytes, tuple[bytes, int] | None, int]]]] = deque()
         inflight_bytes = 0
         file_bytes = 0
         seen = 0
@@ -115,10 +120,9 @@ class LayerBuilder:
                 return
             if compressed is None:  # cannot happen: the index only grows
                 raise BadLayerError(f"layer {name}: chunk {digest.hex()} lost its data")
-            entry = spool.add(digest, compressed, size, self._codec.codec_id)
-            location = ChunkLocation(
-                None, entry.compressed_offset, len(compressed), size, self._codec.codec_id
-            )
+            stored, codec_id = compressed
+            entry = spool.add(digest, stored, size, codec_id)
+            location = ChunkLocation(None, entry.compressed_offset, len(stored), size, codec_id)
             self._index.add(digest, location)
             new[digest] = location
             arrival.append(digest)

@@ -386,7 +386,9 @@ class BlobTrailer:
             raise integrity("blob trailer size", BLOB_TRAILER_SIZE, len(data))
         magic, version, algo, count, table_offset, table_digest = BLOB_TRAILER.unpack(data)
         if data[11] != 0 or any(data[56:64]):
-            raise integrity("blob trailer reserved bytes", "zero", bytes(data[11:12]) + bytes(data[56:64]))
+            raise integrity(
+                "blob trailer reserved bytes", "zero", bytes(data[11:12]) + bytes(data[56:64])
+            )
         if magic != BLOB_MAGIC:
             raise integrity("blob magic", BLOB_MAGIC, bytes(magic))
         if version != FORMAT_VERSION:

@@ -23,18 +23,102 @@ BLOCK = 1 << 20
 _QUEUE_BLOCKS = 8
 
 
+class _ZstdFraming:
+    """Follows zstd frame and block headers (RFC 8878 §3.1) through the raw bytes.
+
+    zstandard's stream reader returns short, without an error, when its input ends inside
+    a frame; this tells a stream cut inside a frame from one that ends between frames.
+    It only counts header and block sizes: decoding and its errors stay with zstandard.
+    """
+
+    _MAGIC = 0xFD2FB528
+    _SKIPPABLE = 0x184D2A50  # 0x184D2A50..0x184D2A5F
+    _DICT_ID_SIZES = (0, 1, 2, 4)
+    _CONTENT_SIZE_SIZES = (0, 2, 4, 8)  # flag 0 with the single-segment flag: 1
+    _RLE_BLOCK = 1
+
+    def __init__(self) -> None:
+        self._state = "magic"  # which header ``_header`` is collecting
+        self._want = 4  # its length
+        self._header = bytearray()
+        self._skip = 0  # payload bytes to pass over before the next header
+        self._checksum = False  # the current frame ends with a 4-byte checksum
+        self._lost = False  # not a frame magic: zstandard reports that itself
+
+    @property
+    def between_frames(self) -> bool:
+        return self._lost or (self._state == "magic" and not self._header and not self._skip)
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        while pos < len(data) and not self._lost:
+            if self._skip:
+                step = min(self._skip, len(data) - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._want - len(self._header), len(data) - pos)
+            self._header += data[pos : pos + take]
+            pos += take
+            if len(self._header) == self._want:
+                header = bytes(self._header)
+                self._header.clear()
+                self._next(header)
+
+    def _expect(self, state: str, size: int) -> None:
+        self._state, self._want = state, size
+
+    def _next(self, header: bytes) -> None:
+        value = int.from_bytes(header, "little")
+        if self._state == "magic":
+            if value == self._MAGIC:
+                self._expect("descriptor", 1)
+            elif value & ~0xF == self._SKIPPABLE:
+                self._expect("skippable size", 4)
+            else:
+                self._lost = True
+        elif self._state == "skippable size":
+            self._skip = value
+            self._expect("magic", 4)
+        elif self._state == "descriptor":
+            single_segment = bool(value & 0x20)
+            self._checksum = bool(value & 0x04)
+            content_size = self._CONTENT_SIZE_SIZES[value >> 6] or int(single_segment)
+            rest = int(not single_segment) + self._DICT_ID_SIZES[value & 0x03] + content_size
+            if rest:
+                self._expect("frame header", rest)
+            else:
+                self._expect("block", 3)
+        elif self._state == "frame header":
+            self._expect("block", 3)
+        elif self._state == "block":
+            block_type, block_size = (value >> 1) & 0x03, value >> 3
+            self._skip = 1 if block_type == self._RLE_BLOCK else block_size
+            if not value & 0x01:
+                self._expect("block", 3)
+            elif self._checksum:
+                self._expect("checksum", 4)
+            else:
+                self._expect("magic", 4)
+        else:  # the checksum ends the frame
+            self._expect("magic", 4)
+
+
 class _HashingReader:
     """Counts and hashes every byte the decompressor pulls from the raw blob."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], framing: _ZstdFraming | None = None) -> None:
         self.raw = raw
         self.sha = hashlib.sha256()
         self.count = 0
+        self.framing = framing
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
         self.sha.update(data)
         self.count += len(data)
+        if self.framing is not None:
+            self.framing.feed(data)
         return data
 
     def readinto(self, buf: memoryview | bytearray) -> int:
@@ -59,7 +143,8 @@ class LayerStream:
         self.digest = digest
         self._compression = compression
         self._expected_size = size
-        self._hashing = _HashingReader(raw)
+        self._framing = _ZstdFraming() if compression == "zstd" else None
+        self._hashing = _HashingReader(raw, self._framing)
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_QUEUE_BLOCKS)
         self._stop = threading.Event()
         self._buffer = memoryview(b"")
@@ -104,16 +189,35 @@ class LayerStream:
                 if not self._put(block):
                     return
             # Whatever follows the compressed stream still counts toward the digest.
-            while self._hashing.read(BLOCK):
-                pass
+            self._drain()
             self._verify()
+            if self._framing is not None and not self._framing.between_frames:
+                raise BadLayerError(
+                    f"layer {self.digest}: zstd stream is broken: expected the end of a frame, "
+                    f"found the end of the data after {self._hashing.count} bytes"
+                )
             self._put(None)
         except KetchError as exc:
             self._put(exc)
         except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
-            self._put(
-                BadLayerError(f"layer {self.digest}: {self._compression} stream is broken: {exc}")
-            )
+            self._put(self._broken(exc))
+
+    def _drain(self) -> None:
+        """Read the raw blob to its end (unless the consumer has gone), for the digest."""
+        while not self._stop.is_set() and self._hashing.read(BLOCK):
+            pass
+
+    def _broken(self, exc: BaseException) -> KetchError:
+        """The error for a stream that failed to decompress: bytes that are not the blob
+        the manifest names explain the breakage, so a digest mismatch wins."""
+        try:
+            self._drain()
+            self._verify()
+        except KetchError as integrity:
+            return integrity
+        except OSError:
+            pass
+        return BadLayerError(f"layer {self.digest}: {self._compression} stream is broken: {exc}")
 
     def _verify(self) -> None:
         found = "sha256:" + self._hashing.sha.hexdigest()

@@ -189,6 +189,41 @@ def _entry(info: tarfile.TarInfo, layer: str) -> LayerEntry | None:
     return entry
 
 
+# tarfile's HeaderError leaves; typeshed does not declare them.
+_EOF_HEADER: type[tarfile.HeaderError] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
+_INVALID_HEADER: type[tarfile.HeaderError] = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
+_TRUNCATED_HEADER: type[tarfile.HeaderError] = tarfile.TruncatedHeaderError  # type: ignore[attr-defined]
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """A header block that does not parse is a broken archive, never its end.
+
+    ``TarFile.next`` takes an invalid or truncated header after the first for the end of
+    the archive, so a size field that lies by a block or more, or a stream cut inside a
+    header, would silently drop the rest of the layer. Go's archive/tar (umoci) reports
+    both, and a zero block followed by a non-zero one; so do we, as ``ReadError``.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _StrictTarInfo:
+        try:
+            return super().fromtarfile(tarfile_)
+        except _EOF_HEADER:
+            after = tarfile_.fileobj.read(tarfile.BLOCKSIZE)
+            if after.strip(b"\0"):
+                raise tarfile.ReadError(
+                    f"zero block at offset {tarfile_.offset}: expected a second zero block "
+                    "(end of archive), found data"
+                ) from None
+            raise
+        except (_INVALID_HEADER, _TRUNCATED_HEADER) as exc:
+            if tarfile_.offset == 0:
+                raise  # tarfile reports a bad first header itself
+            raise tarfile.ReadError(
+                f"{exc} at offset {tarfile_.offset}: expected a header or the end of the archive"
+            ) from None
+
+
 def _makedev(major: int, minor: int) -> int:
     # Linux's encoding, as os.makedev computes it, without the host's limits.
     return (
@@ -211,7 +246,9 @@ class LayerReader:
         self._current: tarfile.TarInfo | None = None
         self._tar: tarfile.TarFile | None
         try:
-            self._tar = tarfile.open(fileobj=stream, mode="r|", bufsize=BLOCK)  # noqa: SIM115 - lives as long as the reader
+            self._tar = tarfile.open(  # noqa: SIM115 - lives as long as the reader
+                fileobj=stream, mode="r|", bufsize=BLOCK, tarinfo=_StrictTarInfo
+            )
         except tarfile.ReadError as exc:
             if "empty file" in str(exc):
                 self._tar = None  # an empty layer is valid and has no entries
