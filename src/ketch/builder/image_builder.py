@@ -157,11 +157,14 @@ class ImageBuilder:
             on_bytes=self.progress.advance,
         )
         result: LayerResult = builder.build(name, entries)
-        self.tree.apply(result.changes)
         blob = result.blob
         if blob is not None:
-            self.layer_blobs.append((blob.digest, blob.size, blob.chunk_count))
+            # Published before the tree is touched: a blob is content-addressed and
+            # complete, so it is harmless if the build fails later, and no temporary
+            # file is left behind.
             self.dest.push_blob_file(blob.path, blob.digest)
+            self.layer_blobs.append((blob.digest, blob.size, blob.chunk_count))
+        self.tree.apply(result.changes)
         self.layers.append(
             LayerSummary(
                 name,

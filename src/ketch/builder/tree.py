@@ -113,16 +113,29 @@ class Tree:
 
     # -- resolution inside the root ----------------------------------------------------
 
-    def _walk(self, path: tuple[bytes, ...], layer: str, *, create: bool) -> Node | None:
-        """The directory ``path`` names, following symlinks confined to the root."""
+    def _walk(
+        self,
+        path: tuple[bytes, ...],
+        layer: str,
+        *,
+        create: bool,
+        entry: tuple[bytes, ...] | None = None,
+    ) -> Node | None:
+        """The directory ``path`` names, following symlinks confined to the root.
+
+        ``entry`` is the layer entry being placed, named in errors (default ``path``).
+        """
+        shown = _show(path if entry is None else entry)
         node = self.root
         stack: list[Node] = []
+        trail: list[bytes] = []  # the path of ``node`` below the root, symlinks resolved
         pending = list(path)
         hops = 0
         while pending:
             name = pending.pop(0)
             if name == b"..":
                 node = stack.pop() if stack else self.root
+                del trail[-1:]
                 continue
             children = _children_of(node, layer, path)
             child = children.get(name)
@@ -134,21 +147,23 @@ class Tree:
             if stat.S_ISLNK(child.mode):
                 hops += 1
                 if hops > _MAX_SYMLINK_HOPS:
-                    raise BadLayerError(f"layer {layer}: too many symlinks resolving {_show(path)}")
+                    raise BadLayerError(f"layer {layer}: too many symlinks resolving {shown}")
                 target = child.link_target
                 parts = [p for p in target.split(b"/") if p not in (b"", b".")]
                 if target.startswith(b"/"):
-                    node, stack = self.root, []
+                    node, stack, trail = self.root, [], []
                 pending[:0] = parts
                 continue
             if not child.is_dir:
                 if create:
                     raise BadLayerError(
-                        f"layer {layer}: {_show(path)} passes through a non-directory at {name!r}"
+                        f"layer {layer}: {shown}: expected a directory at "
+                        f"{_show((*trail, name))}, found a {_kind(child.mode)}"
                     )
                 return None
             stack.append(node)
             node = child
+            trail.append(name)
         return node
 
     def lookup(self, path: tuple[bytes, ...]) -> Node | None:
@@ -162,7 +177,7 @@ class Tree:
 
     def _parent_children(self, path: tuple[bytes, ...], layer: str) -> dict[bytes, Node]:
         """The children of ``path``'s parent, creating missing directories on the way."""
-        parent = self._walk(path[:-1], layer, create=True)
+        parent = self._walk(path[:-1], layer, create=True, entry=path)
         if parent is None:
             raise BadLayerError(f"layer {layer}: no parent directory for {_show(path)}")
         return _children_of(parent, layer, path)
@@ -208,6 +223,19 @@ def _children_of(node: Node, layer: str, path: tuple[bytes, ...]) -> dict[bytes,
     if node.children is None:
         raise BadLayerError(f"layer {layer}: {_show(path)} passes through a non-directory")
     return node.children
+
+
+def _kind(mode: int) -> str:
+    """What a non-directory is, for messages."""
+    kinds = {
+        stat.S_IFREG: "regular file",
+        stat.S_IFLNK: "symlink",
+        stat.S_IFCHR: "character device",
+        stat.S_IFBLK: "block device",
+        stat.S_IFIFO: "fifo",
+        stat.S_IFSOCK: "socket",
+    }
+    return kinds.get(stat.S_IFMT(mode), f"file of mode {mode:#o}")
 
 
 def _show(path: tuple[bytes, ...]) -> str:

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -35,6 +36,18 @@ def parse_size(text: str) -> int:
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1048576, 64K, 1M, 2GiB)")
     return int(match.group(1)) * _UNITS[match.group(2).upper()]
+
+
+def _command(text: str) -> list[str]:
+    if text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a JSON array: {exc}") from None
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a JSON array of strings")
+    return shlex.split(text)
 
 
 def _human(n: float) -> str:
@@ -287,7 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build a Ketch image from a directory")
     p.add_argument("rootfs", metavar="ROOTFS_DIR")
     p.add_argument("dest", metavar="DEST", help="oci:DIR[:TAG]")
-    p.add_argument("--cmd", nargs="+", help="the image's default command")
+    p.add_argument(
+        "--cmd",
+        type=_command,
+        help='the image\'s default command: a JSON array (\'["/bin/sh","-c","true"]\') or a shell-quoted string',
+    )
     p.add_argument(
         "--env", action="append", help="KEY=VALUE for the image's environment (repeatable)"
     )
