@@ -12,9 +12,10 @@ and runs the CLI in-process (:func:`ketch.cli.main.main`).
   root, symlinked parents resolve inside the root) is looked up where it landed, in the
   image (``inspect --json``) and in the unpacked tree.
 - Nothing is written outside the destinations: a sentinel directory beside them stays
-  empty, no hostile name appears anywhere else under ``tmp_path`` or its ancestors, the
-  host's ``/etc/passwd`` and ``/tmp`` are untouched; a failed unpack leaves neither its
-  destination nor a ``.DEST.ketch-*`` staging directory.
+  empty, no hostile name appears anywhere else under ``tmp_path`` or its ancestors, nor
+  in the host's ``/``, ``/tmp`` or ``/etc``, and the host's ``/etc/passwd`` is unchanged;
+  a failed unpack leaves neither its destination nor a ``.DEST.ketch-*`` staging
+  directory.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tests.fixtures.ocilayout import (
     file,
     garbage,
     hardlink,
+    opaque,
     sha256_digest,
     symlink,
     tar_bytes,
@@ -207,8 +209,8 @@ class Workspace:
 
     # -- convert ----------------------------------------------------------------------
 
-    def convert_ok(self, layout: Path | None = None) -> None:
-        result = self.run("convert", f"oci:{self.src}:{TAG}", f"oci:{layout or self.dst}:{TAG}")
+    def convert_ok(self) -> None:
+        result = self.run("convert", f"oci:{self.src}:{TAG}", f"oci:{self.dst}:{TAG}")
         assert result.code == 0, result.err
         assert result.err == ""
 
@@ -245,10 +247,6 @@ class Workspace:
         assert result.code == 0, result.err
         entry: dict[str, Any] = json.loads(result.out)
         return entry
-
-    def absent_in_image(self, path: str) -> None:
-        result = self.run("inspect", f"oci:{self.dst}:{TAG}", path, "--json")
-        assert_error(result, 3, path)
 
     def unpack_ok(self) -> Path:
         check = self.run("check", f"oci:{self.dst}:{TAG}")
@@ -356,10 +354,7 @@ def test_hardlink_outside_the_root_is_confined(ws: Workspace, where: str) -> Non
     layers = (
         [tar_bytes([*target, link])]
         if where == "same layer"
-        else [
-            tar_bytes(target),
-            tar_bytes([link]),
-        ]
+        else [tar_bytes(target), tar_bytes([link])]
     )
     write_oci_layout(ws.src, TAG, layers)
     ws.convert_ok()
@@ -369,6 +364,22 @@ def test_hardlink_outside_the_root_is_confined(ws: Workspace, where: str) -> Non
     assert regular_file(dest / LINK) == PASSWD
     assert (dest / LINK).stat().st_ino == (dest / "etc" / "passwd").stat().st_ino
     assert sorted(os.listdir(dest)) == ["etc", LINK]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: bootstrap_build.flatten (src/ketch/builder/bootstrap_build.py, step 3) computes "
+    "digests in reverse breadth-first order, so a directory numbered after a hardlinked inode "
+    "it names hashes that inode's digest before it is computed; `ketch check` then fails",
+)
+def test_hardlink_outside_the_root_from_a_deeper_directory_is_confined(ws: Workspace) -> None:
+    # /a/b/c is numbered after /etc/passwd (the inode's first name, breadth-first).
+    link = hardlink(f"../../a/b/c/{LINK}", "../../etc/passwd")
+    write_oci_layout(ws.src, TAG, [tar_bytes([dir("etc"), file("etc/passwd", PASSWD), link])])
+    ws.convert_ok()
+    assert ws.inspect(f"/a/b/c/{LINK}")["inode"] == ws.inspect("/etc/passwd")["inode"]
+    dest = ws.unpack_ok()  # runs `ketch check` first
+    assert (dest / "a/b/c" / LINK).stat().st_ino == (dest / "etc" / "passwd").stat().st_ino
 
 
 def test_hardlink_outside_the_root_to_a_path_the_image_lacks_is_refused(ws: Workspace) -> None:
@@ -387,13 +398,49 @@ def test_hardlink_to_a_missing_target_is_refused(ws: Workspace) -> None:
     ws.convert_refused(BAD_LAYER, "/missing", "/link")
 
 
+def test_refused_layer_leaves_no_temporary_blob(ws: Workspace) -> None:
+    layer = tar_bytes([file("present", b"x" * 5000), hardlink("link", "missing")])
+    write_oci_layout(ws.src, TAG, [layer])
+    ws.convert_refused(BAD_LAYER, "/missing")
+    for layout in (ws.fresh, ws.dst):
+        leftovers = [p.name for p in (layout / "blobs" / "sha256").iterdir() if p.name[0] == "."]
+        assert leftovers == [], f"{layout}: temporary files left behind"
+
+
 @pytest.mark.parametrize("name", ["..", "etc/.."])
 def test_whiteout_naming_dotdot_is_refused(ws: Workspace, name: str) -> None:
     lower = tar_bytes([dir("etc"), file("etc/hostname", b"lower\n")])
     upper = tar_bytes([whiteout(name)])
-    assert tar_bytes([whiteout(name)]).count(b".wh...") >= 1
+    assert b".wh..." in upper
     write_oci_layout(ws.src, TAG, [lower, upper])
     ws.convert_refused(BAD_LAYER, layer_digests(ws.src, TAG)[1])
+
+
+def test_whiteouts_hide_lower_layers_only(ws: Workspace) -> None:
+    # image-spec layer.md: a whiteout or an opaque marker hides lower layers only; an entry
+    # of the same layer stays, whatever the tar order (umoci agrees).
+    lower = tar_bytes([dir("d"), file("d/old", b"old\n"), file("gone", b"lower\n")])
+    upper = tar_bytes(
+        [
+            dir("d", mode=0o700, uid=7, mtime_ns=5_000_000_000),
+            opaque("d"),
+            file("d/new", b"new\n"),
+            symlink("s", "d/new"),
+            whiteout("s"),
+            whiteout("gone"),
+        ]
+    )
+    write_oci_layout(ws.src, TAG, [lower, upper])
+    ws.convert_ok()
+    d = ws.inspect("/d")
+    assert (d["mode"], d["uid"], d["mtime"]) == ("0700", 7, "5.000000000")
+    assert ws.inspect("/s")["target"] == "d/new"
+    dest = ws.unpack_ok()
+    assert sorted(os.listdir(dest)) == ["d", "s"]
+    assert os.listdir(dest / "d") == ["new"]
+    st = (dest / "d").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime_ns) == (0o700, 7, 5_000_000_000)
+    assert os.readlink(dest / "s") == "d/new"
 
 
 def _incompressible(n: int) -> bytes:
@@ -403,10 +450,10 @@ def _incompressible(n: int) -> bytes:
 @pytest.mark.parametrize(
     ("media_type", "kind", "cut"),
     [
-        (GZIP, "gzip", 0.5),
-        (GZIP, "gzip", 0.99),
-        (ZSTD, "zstd", 0.5),
-        (TAR, "none", 0.5),  # mid-data: the data runs out
+        pytest.param(GZIP, "gzip", 0.5, id="gzip-half"),
+        pytest.param(GZIP, "gzip", 0.99, id="gzip-trailer"),
+        pytest.param(ZSTD, "zstd", 0.5, id="zstd-half"),
+        pytest.param(TAR, "none", 0.5, id="tar-mid-data"),
     ],
 )
 def test_truncated_layer_is_refused(ws: Workspace, media_type: str, kind: str, cut: float) -> None:

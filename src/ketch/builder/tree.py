@@ -81,14 +81,18 @@ class LayerChanges:
     hardlinks: dict[tuple[bytes, ...], LayerEntry] = field(default_factory=dict)
 
     def add(self, entry: LayerEntry, node: Node | None = None) -> None:
-        # The last entry for a path wins, as when extracting the tar in order.
-        self.nodes.pop(entry.path, None)
-        self.hardlinks.pop(entry.path, None)
+        # Whiteouts and opaque markers hide lower layers only: an entry of this layer at
+        # the same path stays, whatever the tar order (image-spec layer.md, "Whiteouts").
         if entry.kind is EntryKind.OPAQUE:
             self.opaque.add(entry.path)
-        elif entry.kind is EntryKind.WHITEOUT:
+            return
+        if entry.kind is EntryKind.WHITEOUT:
             self.whiteouts.add(entry.path)
-        elif entry.kind is EntryKind.HARDLINK:
+            return
+        # Otherwise the last entry for a path wins, as when extracting the tar in order.
+        self.nodes.pop(entry.path, None)
+        self.hardlinks.pop(entry.path, None)
+        if entry.kind is EntryKind.HARDLINK:
             self.hardlinks[entry.path] = entry
         elif node is not None:
             self.nodes[entry.path] = (entry, node)
