@@ -366,12 +366,6 @@ def test_hardlink_outside_the_root_is_confined(ws: Workspace, where: str) -> Non
     assert sorted(os.listdir(dest)) == ["etc", LINK]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: bootstrap_build.flatten (src/ketch/builder/bootstrap_build.py, step 3) computes "
-    "digests in reverse breadth-first order, so a directory numbered after a hardlinked inode "
-    "it names hashes that inode's digest before it is computed; `ketch check` then fails",
-)
 def test_hardlink_outside_the_root_from_a_deeper_directory_is_confined(ws: Workspace) -> None:
     # /a/b/c is numbered after /etc/passwd (the inode's first name, breadth-first).
     link = hardlink(f"../../a/b/c/{LINK}", "../../etc/passwd")
@@ -561,11 +555,6 @@ def test_unknown_layer_media_type_is_refused(ws: Workspace) -> None:
     ws.convert_refused(UNSUPPORTED, digest, UNKNOWN_MEDIA_TYPE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ImageBuilder.convert (src/ketch/builder/image_builder.py) names the layer by "
-    "its index and media type, not by its digest",
-)
 def test_unknown_layer_media_type_error_names_the_digest(ws: Workspace) -> None:
     layer = compress(tar_bytes([file("a", b"a")]), "gzip")
     blobs = [(GZIP, layer), (UNKNOWN_MEDIA_TYPE, layer + b"\n")]
@@ -573,12 +562,6 @@ def test_unknown_layer_media_type_error_names_the_digest(ws: Workspace) -> None:
     ws.convert_refused(UNSUPPORTED, digest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ImageBuilder.convert (src/ketch/builder/image_builder.py) raises the tar "
-    "parser's BadLayerError without reading the blob to its end, so damage that breaks the "
-    "tar is reported as a bad layer (5), not as a blob not matching its digest (4)",
-)
 def test_damage_breaking_the_tar_is_reported_as_a_digest_mismatch(ws: Workspace) -> None:
     tar = tar_bytes([file("a", b"a" * 100)], format="ustar")
     write_oci_layout(ws.src, TAG, [tar], compression="none")

@@ -139,9 +139,13 @@ def flatten(
         for digest, size in node.chunks:
             chunkrefs.append(ChunkRef(position, chunk_number[digest]))
             position += size
+    # Non-directories first: a hardlinked file is numbered where it is first met, which
+    # may be after a directory that also names it. Then directories, deepest first
+    # (breadth-first numbering puts every directory after its parent).
     digests: list[bytes] = [b""] * len(order)
-    inodes: list[InodeRecord] = []
-    for i in range(len(order) - 1, -1, -1):
+    records: list[InodeRecord | None] = [None] * len(order)
+    by_kind = sorted(range(len(order)), key=lambda i: (order[i].is_dir, -i))
+    for i in by_kind:
         node = order[i]
         record = _record(
             node,
@@ -157,8 +161,8 @@ def flatten(
             clamp_mtime,
         )
         digests[i] = record.digest
-        inodes.append(record)
-    inodes.reverse()
+        records[i] = record
+    inodes = [r for r in records if r is not None]
 
     blobs = []
     for blob_digest in blob_order:

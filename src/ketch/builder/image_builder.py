@@ -23,7 +23,7 @@ from ketch.builder.chunker import DEFAULT_CHUNK_SIZE, make_chunker
 from ketch.builder.dir_source import directory_entries
 from ketch.builder.layer_builder import DataSource, LayerBuilder, LayerResult
 from ketch.builder.tree import Tree
-from ketch.errors import UnsupportedError
+from ketch.errors import BadLayerError, UnsupportedError
 from ketch.format.bootstrap_writer import write_bootstrap
 from ketch.format.codecs import codec_by_name
 from ketch.format.digests import DigestAlgorithm, sha256_hex
@@ -123,7 +123,8 @@ class ImageBuilder:
                 compression = mt.LAYER_COMPRESSION.get(layer.media_type)
                 if compression is None:
                     raise UnsupportedError(
-                        f"{source.name}:{tag}: layer {number} media type {layer.media_type!r} is not a tar layer"
+                        f"{source.name}:{tag}: layer {number} ({layer.digest}): media type "
+                        f"{layer.media_type!r} is not a tar layer"
                     )
                 with contextlib.closing(source.open_blob(layer.digest)) as raw:
                     stream = LayerStream(raw, compression, layer.digest, size=layer.size)
@@ -131,6 +132,11 @@ class ImageBuilder:
                         reader = LayerReader(stream, layer.digest)  # type: ignore[arg-type]
                         self._add_layer(pool, layer.digest, _tar_entries(reader), layer.size)
                         stream.finish()
+                    except BadLayerError:
+                        # A blob that is not what the manifest names is reported as such,
+                        # even when its damage broke the tar first.
+                        stream.finish()
+                        raise
                     finally:
                         stream.close()
         return manifest, descriptor.digest, config
