@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from ketch.errors import BadLayerError, KetchError, UnsupportedError
-from ketch.oci.layer_stream import BLOCK
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
@@ -245,9 +244,12 @@ class LayerReader:
         self.layer = layer
         self._current: tarfile.TarInfo | None = None
         self._tar: tarfile.TarFile | None
+        self._stream = stream
         try:
+            # "r:" (not the stream mode "r|"): tarfile then reads headers and data straight
+            # from our stream, which moves forward only; "r|" re-buffers every read.
             self._tar = tarfile.open(  # noqa: SIM115 - lives as long as the reader
-                fileobj=stream, mode="r|", bufsize=BLOCK, tarinfo=_StrictTarInfo
+                fileobj=stream, mode="r:", tarinfo=_StrictTarInfo
             )
         except tarfile.ReadError as exc:
             if "empty file" in str(exc):
@@ -261,7 +263,9 @@ class LayerReader:
         if self._tar is None:
             return
         try:
-            for info in self._tar:
+            while (info := self._tar.next()) is not None:
+                # tarfile keeps every member it has read; a stream needs none of them.
+                self._tar.members.clear()  # type: ignore[attr-defined]
                 self._current = info
                 entry = _entry(info, self.layer)
                 if entry is not None:
@@ -278,7 +282,12 @@ class LayerReader:
         if self._tar is None or info is None:
             return
         try:
-            data = self._tar.extractfile(info)
+            if info.sparse is None:
+                # Plain data: read it straight from the stream, no extra buffering.
+                self._stream.seek(info.offset_data)
+                data: IO[bytes] | None = self._stream
+            else:
+                data = self._tar.extractfile(info)
             if data is None:
                 return
             remaining = info.size
