@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ketch.errors import NotFoundError
 from ketch.format.bootstrap import ROOT_INODE, Bootstrap
 from ketch.format.records import ChunkRecord
-from ketch.storage.chunk_reader import ChunkReader
+from ketch.storage.chunk_reader import ChunkSource
 
 ROOT_INO = ROOT_INODE + 1
 _DIR_SIZE = 4096
@@ -37,7 +37,7 @@ class Attr:
 
 
 class ImageFS:
-    def __init__(self, bootstrap: Bootstrap, reader: ChunkReader) -> None:
+    def __init__(self, bootstrap: Bootstrap, reader: ChunkSource) -> None:
         self.bootstrap = bootstrap
         self.reader = reader
 

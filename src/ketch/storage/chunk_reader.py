@@ -8,6 +8,7 @@ offset and digests; wrong bytes are never returned.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from ketch.errors import IntegrityError
 from ketch.format.codecs import decoder
@@ -16,6 +17,15 @@ from ketch.format.records import ChunkRecord
 from ketch.storage.store import ImageStore
 
 DEFAULT_MAX_MERGE = 8 << 20
+
+
+class ChunkSource(Protocol):
+    """What the filesystem view reads chunks through: a plain ChunkReader, or one with
+    a cache in front of it."""
+
+    def read(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes]:
+        """The verified bytes of ``chunks`` (all in ``blob``), in the order given."""
+        ...
 
 
 class ChunkReader:
