@@ -67,6 +67,24 @@ class ImageFS:
     def resolve(self, path: str | bytes) -> int:
         return self.bootstrap.resolve(path) + 1
 
+    def parent(self, ino: int) -> int:
+        """The directory that first names ``ino`` (the root is its own parent)."""
+        return self.bootstrap.inode(self._index(ino)).parent + 1
+
+    def path_of(self, ino: int) -> str:
+        """A path naming ``ino`` (the first name, for hardlinks), by walking up parents."""
+        parts: list[bytes] = []
+        seen = 0
+        while ino != ROOT_INO and seen < 4096:
+            parent = self.parent(ino)
+            name = next((n for n, child in self.readdir(parent) if child == ino), None)
+            if name is None:
+                break
+            parts.append(name)
+            ino = parent
+            seen += 1
+        return "/" + b"/".join(reversed(parts)).decode("utf-8", "surrogateescape")
+
     def readdir(self, ino: int) -> Iterator[tuple[bytes, int]]:
         for name, index in self.bootstrap.children(self._index(ino)):
             yield name, index + 1

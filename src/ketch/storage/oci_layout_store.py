@@ -69,7 +69,7 @@ class OciLayoutStore(ImageStore):
         if self.layout.has_blob(digest):
             path.unlink(missing_ok=True)
             return
-        if path.parent == self.scratch_dir():
+        if path.parent.resolve() == self.scratch_dir().resolve():
             # Written by us, digest computed while writing: a rename publishes it whole.
             path.chmod(0o644)
             os.replace(path, self.layout.blob_path(digest))

@@ -1,0 +1,199 @@
+"""The FUSE adapter: pyfuse3 operations as a thin layer over ``ImageFS``.
+
+Metadata comes from the mmapped bootstrap and is answered on the event loop (a few
+record reads). File reads may fetch, decompress and verify chunks, so they run in worker
+threads and never block the loop. The image is immutable: entries and attributes are
+cached by the kernel for a day, and the page cache is kept across opens.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Sequence
+from itertools import count
+
+import pyfuse3
+import trio
+
+from ketch.daemon.access_trace import AccessTrace
+from ketch.daemon.metrics import Metrics
+from ketch.errors import IntegrityError, KetchError
+from ketch.fs.image_fs import ROOT_INO, Attr, ImageFS
+
+log = logging.getLogger("ketch.daemon")
+
+CACHE_TIMEOUT = 86400.0  # seconds: nothing in an image ever changes
+_BLOCK_SIZE = 4096
+
+
+class KetchOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, fs: ImageFS, metrics: Metrics, trace: AccessTrace) -> None:
+        super().__init__()
+        self.fs = fs
+        self.metrics = metrics
+        self.trace = trace
+        self._dirs: dict[int, list[tuple[bytes, int]]] = {}
+        self._handles = count(1)
+        self._paths: dict[int, str] = {}
+        self._paths_lock = threading.Lock()
+        # statfs reports the stored size: the sum of the blob records, no inode walk.
+        self._stored_bytes = sum(blob.size for blob in fs.bootstrap.blobs())
+
+    # -- attributes -------------------------------------------------------------------
+
+    def _entry(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = pyfuse3.InodeT(attr.ino)
+        entry.generation = 0
+        entry.entry_timeout = CACHE_TIMEOUT
+        entry.attr_timeout = CACHE_TIMEOUT
+        entry.st_mode = pyfuse3.ModeT(attr.mode)
+        entry.st_nlink = attr.nlink
+        entry.st_uid = attr.uid
+        entry.st_gid = attr.gid
+        entry.st_rdev = attr.rdev
+        entry.st_size = attr.size
+        entry.st_blksize = _BLOCK_SIZE
+        entry.st_blocks = attr.blocks
+        entry.st_atime_ns = attr.mtime_ns
+        entry.st_mtime_ns = attr.mtime_ns
+        entry.st_ctime_ns = attr.mtime_ns
+        return entry
+
+    def _attr(self, inode: int) -> Attr:
+        try:
+            return self.fs.getattr(inode)
+        except KetchError as exc:
+            log.error("getattr failed inode=%d error=%r", inode, exc.message)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(self._attr(inode))
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if name == b".":
+            return self._entry(self._attr(parent_inode))
+        if name == b"..":
+            return self._entry(self._attr(self.fs.parent(parent_inode)))
+        try:
+            inode = self.fs.lookup(parent_inode, name)
+        except KetchError as exc:
+            log.error("lookup failed inode=%d error=%r", parent_inode, exc.message)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._entry(self._attr(inode))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        return None  # inodes are records of the bootstrap: nothing to free
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        if not stat.S_ISLNK(self._attr(inode).mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return self.fs.readlink(inode)
+
+    # -- directories ------------------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+        if not stat.S_ISDIR(self._attr(inode).mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        # The listing is taken once per open, so offsets stay stable across calls.
+        handle = next(self._handles)
+        self._dirs[handle] = [
+            (b".", inode),
+            (b"..", self.fs.parent(inode)),
+            *self.fs.readdir(inode),
+        ]
+        return pyfuse3.FileHandleT(handle)
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self._dirs.get(fh, [])
+        for position in range(start_id, len(entries)):
+            name, inode = entries[position]
+            attr = self._entry(self._attr(inode))
+            if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), attr, position + 1):
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- files ------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if not stat.S_ISREG(self._attr(inode).mode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
+
+    def _path(self, inode: int) -> str:
+        with self._paths_lock:
+            path = self._paths.get(inode)
+        if path is None:
+            path = self.fs.path_of(inode)
+            with self._paths_lock:
+                self._paths[inode] = path
+        return path
+
+    def _read(self, inode: int, offset: int, size: int) -> bytes:
+        return self.fs.read(inode, offset, size)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        started = time.monotonic()
+        try:
+            data = await trio.to_thread.run_sync(self._read, fh, off, size)
+        except IntegrityError as exc:
+            self.metrics.add(self.metrics.verify_failures)
+            self.metrics.add(self.metrics.read_errors)
+            log.error("chunk verification failed path=%s error=%r", self._path(fh), exc.message)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except KetchError as exc:
+            self.metrics.add(self.metrics.read_errors)
+            log.error("read failed path=%s error=%r", self._path(fh), exc.message)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        self.metrics.observe_read(time.monotonic() - started)
+        self.metrics.add(self.metrics.read_bytes, len(data))
+        self.trace.record(fh, self._path(fh) if not self.trace.seen(fh) else "", len(data))
+        return data
+
+    async def release(self, fh: int) -> None:
+        return None
+
+    # -- xattrs and the filesystem ----------------------------------------------------
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        value = self.fs.xattrs(inode).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return list(self.fs.xattrs(inode))
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        # overlayfs refuses a lower layer that cannot answer statfs.
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = _BLOCK_SIZE
+        data.f_frsize = _BLOCK_SIZE
+        data.f_blocks = self._stored_bytes // _BLOCK_SIZE + 1
+        data.f_bfree = 0
+        data.f_bavail = 0
+        data.f_files = self.fs.bootstrap.inode_count
+        data.f_ffree = 0
+        data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+
+__all__ = ["ROOT_INO", "KetchOperations"]

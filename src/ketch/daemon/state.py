@@ -1,0 +1,113 @@
+"""Where live mounts are recorded on the node, so `ketch umount` and `ketch run` find
+their daemons: one JSON file per mountpoint under the state directory."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path("/run/ketch")
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("KETCH_STATE_DIR", str(DEFAULT_STATE_DIR)))
+
+
+@dataclass(slots=True)
+class MountRecord:
+    mountpoint: str
+    pid: int
+    image: str
+    manifest_digest: str
+    root_digest: str
+    api_sock: str
+    log_file: str
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid) and is_mounted(Path(self.mountpoint))
+
+
+def _key(mountpoint: Path) -> str:
+    return hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:16]
+
+
+def record_path(mountpoint: Path) -> Path:
+    return state_dir() / "mounts" / f"{_key(mountpoint)}.json"
+
+
+def default_api_sock(mountpoint: Path) -> Path:
+    return state_dir() / "sockets" / f"{_key(mountpoint)}.sock"
+
+
+def default_log_file(mountpoint: Path) -> Path:
+    return state_dir() / "logs" / f"{_key(mountpoint)}.log"
+
+
+def write_record(record: MountRecord) -> None:
+    path = record_path(Path(record.mountpoint))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(asdict(record), f)
+    os.replace(tmp, path)
+
+
+def read_record(mountpoint: Path) -> MountRecord | None:
+    try:
+        data = json.loads(record_path(mountpoint).read_text())
+        return MountRecord(**data)
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return None
+
+
+def remove_record(mountpoint: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        record_path(mountpoint).unlink()
+
+
+def all_records() -> list[MountRecord]:
+    out = []
+    for path in sorted((state_dir() / "mounts").glob("*.json")):
+        with contextlib.suppress(json.JSONDecodeError, TypeError, OSError):
+            out.append(MountRecord(**json.loads(path.read_text())))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) is not alive for us.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def mount_type(mountpoint: Path) -> str | None:
+    """The filesystem type mounted exactly at ``mountpoint``, from /proc/self/mountinfo."""
+    target = str(mountpoint.absolute())
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split(" ")
+        point = fields[4].encode().decode("unicode_escape")
+        if point == target:
+            found = fields[fields.index("-") + 1]
+    return found
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    return mount_type(mountpoint) is not None
