@@ -1,1 +1,1 @@
-"""runtime layer."""
+"""Containers: an overlayfs upper over a mounted image, an OCI runtime bundle, runc."""
