@@ -16,8 +16,9 @@ import pytest
 from ketch.errors import KetchError, NotFoundError, UnsupportedError
 from ketch.oci.layout import OciLayout
 from ketch.runtime.bundle import runtime_spec, write_bundle
+from ketch.runtime.container import run_image
 from ketch.runtime.overlay import Overlay
-from ketch.runtime.runc import new_container_id, run_container, run_image
+from ketch.runtime.runc import new_container_id, run_container
 
 pytestmark = pytest.mark.integration
 

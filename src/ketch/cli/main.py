@@ -17,6 +17,8 @@ from ketch import __version__
 from ketch.builder.chunker import DEFAULT_CHUNK_SIZE
 from ketch.builder.image_builder import BuildOptions, BuildSummary, ImageBuilder
 from ketch.cli.progress import RichProgress
+from ketch.daemon.launcher import start_detached, unmount
+from ketch.daemon.state import DEFAULT_CACHE_DIR, default_log_file, read_record
 from ketch.errors import KetchError
 from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
@@ -278,6 +280,110 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 4
 
 
+# -- mount ----------------------------------------------------------------------------
+
+
+def _add_mount_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE_DIR,
+        help=f"node-wide chunk cache shared by all mounts (default: {DEFAULT_CACHE_DIR})",
+    )
+    p.add_argument(
+        "--cache-size",
+        type=parse_size,
+        default=0,
+        help="cache size limit, least recently used chunks evicted (default: no limit)",
+    )
+    p.add_argument(
+        "--prefetch-file",
+        type=Path,
+        metavar="LIST",
+        help="paths, one per line, to fetch in the background after mount",
+    )
+
+
+def _run_daemon(args: argparse.Namespace, mountpoint: Path) -> int:
+    # Imported here: FUSE and trio are loaded only by the process that serves a mount.
+    from ketch.daemon.service import DaemonConfig, run_daemon  # noqa: PLC0415
+
+    config = DaemonConfig(
+        image=args.image,
+        mountpoint=mountpoint,
+        cache_dir=args.cache_dir,
+        cache_size=args.cache_size,
+        api_sock=getattr(args, "api_sock", None),
+        prefetch_file=args.prefetch_file,
+        ready_fd=getattr(args, "ready_fd", None),
+    )
+    return run_daemon(config)
+
+
+def _mount_command(args: argparse.Namespace, mountpoint: Path) -> list[str]:
+    """The same mount, as a foreground daemon command line for the launcher."""
+    command = [
+        sys.executable,
+        "-m",
+        "ketch.cli.main",
+        "mount",
+        args.image,
+        str(mountpoint),
+        "--foreground",
+        "--cache-dir",
+        str(args.cache_dir),
+        "--cache-size",
+        str(args.cache_size),
+    ]
+    if getattr(args, "api_sock", None):
+        command += ["--api-sock", str(args.api_sock)]
+    if args.prefetch_file:
+        command += ["--prefetch-file", str(args.prefetch_file.absolute())]
+    return command
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    mountpoint = Path(args.mountpoint).absolute()
+    if args.foreground:
+        return _run_daemon(args, mountpoint)
+    log_file = default_log_file(mountpoint)
+    pid = start_detached(_mount_command(args, mountpoint), log_file)
+    record = read_record(mountpoint)
+    result = {
+        "mountpoint": str(mountpoint),
+        "image": args.image,
+        "pid": pid,
+        "api_sock": record.api_sock if record else None,
+        "log_file": str(log_file),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"mounted {args.image} at {mountpoint} (pid {pid}, api {result['api_sock']})")
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = Path(args.mountpoint).absolute()
+    record = unmount(mountpoint)
+    print(f"unmounted {mountpoint}" + (f" (daemon {record.pid} stopped)" if record else ""))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ketch.daemon.container_run import RunRequest, run_in_image  # noqa: PLC0415 - see _run_daemon
+
+    command = list(args.command)
+    request = RunRequest(
+        image=args.image,
+        args=command or None,
+        name=args.name,
+        remove_mount=args.rm_mount,
+        mount_command=lambda mountpoint: _mount_command(args, mountpoint),
+    )
+    return run_in_image(request)
+
+
 # -- parser ---------------------------------------------------------------------------
 
 
@@ -286,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ketch", description="Lazily-loaded, deduplicated, verifiable container images."
     )
     parser.add_argument("--version", action="version", version=f"ketch {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
 
     p = sub.add_parser("convert", help="convert an OCI image to a Ketch image")
     p.add_argument("source", metavar="SOURCE", help="oci:DIR[:TAG]")
@@ -324,6 +430,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_inspect)
 
+    p = sub.add_parser(
+        "mount", help="mount a Ketch image read-only with FUSE, chunks loaded on demand"
+    )
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    _add_mount_options(p)
+    p.add_argument("--api-sock", type=Path, help="control API socket (default: under /run/ketch)")
+    p.add_argument("--foreground", action="store_true", help="serve in this process, do not detach")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_mount)
+
+    p = sub.add_parser("run", help="run a container on a lazily mounted Ketch image (runc)")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--name", help="container id (default: generated)")
+    p.add_argument(
+        "--rm-mount", action="store_true", help="unmount afterwards if this run mounted it"
+    )
+    _add_mount_options(p)
+    p.set_defaults(run=cmd_run, command=[])
+    p.epilog = "Arguments after -- are the command to run instead of the image's Cmd."
+
+    p = sub.add_parser("umount", help="unmount a Ketch mount and stop its daemon")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.set_defaults(run=cmd_umount)
+
     p = sub.add_parser("check", help="verify the bootstrap and every chunk of every blob")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--json", action="store_true")
@@ -333,7 +465,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" is a container command (ketch run), never our options.
+    command: list[str] = []
+    if "--" in argv:
+        command = argv[argv.index("--") + 1 :]
+        argv = argv[: argv.index("--")]
     args = parser.parse_args(argv)
+    if command:
+        if args.command_name != "run":
+            parser.error("arguments after -- are only for ketch run")
+        args.command = command
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

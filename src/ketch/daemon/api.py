@@ -81,6 +81,7 @@ class ApiServer:
 
 def api_get(sock: Path, path: str, timeout: float = 5.0) -> bytes:
     """A GET on a daemon's socket; the body (raises OSError if the daemon is gone)."""
+
     class _Conn(http.client.HTTPConnection):
         def connect(self) -> None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

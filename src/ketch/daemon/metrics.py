@@ -20,7 +20,8 @@ class Counter:
     value: float = 0.0
 
     def render(self) -> str:
-        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} counter\n{self.name} {self.value:g}\n"
+        value = int(self.value) if float(self.value).is_integer() else self.value
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} counter\n{self.name} {value}\n"
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 DEFAULT_STATE_DIR = Path("/run/ketch")
+DEFAULT_CACHE_DIR = Path("/var/cache/ketch")
 
 
 def state_dir() -> Path:
@@ -33,7 +34,9 @@ class MountRecord:
 
 
 def _key(mountpoint: Path) -> str:
-    return hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:16]
+    # abspath, not resolve(): resolving stats the mountpoint, which hangs on a FUSE mount
+    # whose daemon is not serving (yet, or any more).
+    return hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
 
 
 def record_path(mountpoint: Path) -> Path:

@@ -6,8 +6,6 @@ the files passed in). It returns the container's exit code (128+N when killed by
 N); runc's own failures (a missing executable, a bad config) also exit non-zero, and are
 told apart by runc's JSON log, which then holds an error line. The container is always
 deleted afterwards.
-
-``run_image`` is the whole run: overlay on the image's root, bundle, runc, cleanup.
 """
 
 from __future__ import annotations
@@ -18,13 +16,10 @@ import re
 import secrets
 import shutil
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from ketch.errors import KetchError, NotFoundError, StorageError, UsageError
-from ketch.runtime.bundle import write_bundle
-from ketch.runtime.overlay import Overlay
+from ketch.errors import KetchError, NotFoundError, UsageError
 
 _CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")  # runc: ^[\w+-\.]+$
 _KILL_GRACE_SECONDS = 10.0
@@ -106,60 +101,6 @@ def run_container(
         if failure:
             raise KetchError(f"runc could not run container {container_id}: {failure}")
     return code
-
-
-def run_image(
-    lower: Path,
-    image_config: Mapping[str, Any],
-    *,
-    state_dir: Path,
-    args: list[str] | None = None,
-    env: Mapping[str, str] | None = None,
-    hostname: str | None = None,
-    container_id: str | None = None,
-    runc: str = "runc",
-    root: Path | None = None,
-    stdin: Stdio = None,
-    stdout: Stdio = None,
-    stderr: Stdio = None,
-    timeout: float | None = None,
-) -> int:
-    """Run the image whose root filesystem is the read-only ``lower``; its exit code.
-
-    ``state_dir`` (made, and removed afterwards; it must not exist) holds the overlay's
-    ``upper``/``work``/``merged`` and the ``bundle``. The hostname defaults to the
-    container id. Arguments are as ``write_bundle`` and ``run_container``.
-    """
-    container_id = container_id or new_container_id()
-    state_dir = state_dir.absolute()
-    if state_dir.exists():
-        raise StorageError(f"container state dir {state_dir}: expected none, found one")
-    find_runc(runc)  # fail before mounting anything
-    bundle = state_dir / "bundle"
-    try:
-        with Overlay(lower, state_dir) as overlay:
-            write_bundle(
-                bundle,
-                overlay.merged,
-                image_config,
-                args=args,
-                hostname=hostname or re.sub(r"[^A-Za-z0-9.-]", "-", container_id)[:63],
-                env=env,
-            )
-            return run_container(
-                bundle,
-                container_id,
-                runc=runc,
-                root=root,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                timeout=timeout,
-            )
-    finally:
-        shutil.rmtree(bundle, ignore_errors=True)
-        with contextlib.suppress(OSError):  # not empty: the overlay could not be unmounted
-            state_dir.rmdir()
 
 
 def _kill(runc_command: list[str], container_id: str, process: subprocess.Popen[bytes]) -> None:

@@ -1,0 +1,232 @@
+"""One mount daemon: open the image, mount it with FUSE, serve until unmounted.
+
+Only the manifest and the bootstrap are fetched at mount; chunks come on first read,
+through the node-wide chunk cache. The daemon exits when the filesystem is unmounted
+(`ketch umount`, or `umount` by hand) or on SIGTERM/SIGINT, unmounting on the way out.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from ketch import __version__
+from ketch.daemon.access_trace import AccessTrace
+from ketch.daemon.api import ApiServer, json_route
+from ketch.daemon.fuse_ops import KetchOperations
+from ketch.daemon.launcher import signal_ready
+from ketch.daemon.metrics import Metrics
+from ketch.daemon.state import (
+    DEFAULT_CACHE_DIR,
+    MountRecord,
+    default_api_sock,
+    default_log_file,
+    is_mounted,
+    read_record,
+    remove_record,
+    write_record,
+)
+from ketch.errors import KetchError, StorageError, UsageError
+from ketch.fs.image_fs import ImageFS
+from ketch.storage.cached_reader import CachedChunkReader
+from ketch.storage.chunk_cache import ChunkCache
+from ketch.storage.chunk_reader import DEFAULT_MAX_MERGE, ChunkReader
+from ketch.storage.ketch_image import KetchImage, open_ketch_image
+from ketch.storage.open import open_store
+
+log = logging.getLogger("ketch.daemon")
+
+_PREFETCH_BLOCK = 4 << 20
+
+
+@dataclass(slots=True)
+class DaemonConfig:
+    image: str
+    mountpoint: Path
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    cache_size: int = 0  # bytes; 0: no limit
+    api_sock: Path | None = None
+    prefetch_file: Path | None = None
+    ready_fd: int | None = None
+    max_merge: int = DEFAULT_MAX_MERGE
+
+
+class _Daemon:
+    def __init__(self, config: DaemonConfig, image: KetchImage) -> None:
+        self.config = config
+        self.image = image
+        self.metrics = Metrics()
+        self.trace = AccessTrace()
+        algo = image.bootstrap.digest_algorithm
+        self.cache = ChunkCache(config.cache_dir / "chunks", config.cache_size, algo)
+        self.reader = CachedChunkReader(
+            ChunkReader(image.store, algo, max_merge=config.max_merge), self.cache
+        )
+        self.fs = ImageFS(image.bootstrap, self.reader)
+        self.ops = KetchOperations(self.fs, self.metrics, self.trace)
+        self.api_sock = config.api_sock or default_api_sock(config.mountpoint)
+
+    def daemon_info(self) -> dict[str, object]:
+        bootstrap = self.image.bootstrap
+        return {
+            "state": "running",
+            "version": __version__,
+            "pid": os.getpid(),
+            "mounts": [
+                {
+                    "mountpoint": str(self.config.mountpoint),
+                    "image": self.config.image,
+                    "manifest_digest": self.image.descriptor.digest,
+                    "root_digest": f"{bootstrap.digest_algorithm.label}:{bootstrap.root_digest.hex()}",
+                    "inodes": bootstrap.inode_count,
+                    "cache_dir": str(self.config.cache_dir),
+                }
+            ],
+        }
+
+    def render_metrics(self) -> tuple[str, bytes]:
+        m = self.metrics
+        m.set(m.backend_read_bytes, self.reader.backend_bytes)
+        m.set(m.cache_hits, self.reader.cache_hits)
+        m.set(m.cache_misses, self.reader.cache_misses)
+        return "text/plain; version=0.0.4", m.render().encode()
+
+    def prefetch(self, paths: list[str]) -> None:
+        """Fetch the listed files' chunks in list order (in one background thread)."""
+        for path in paths:
+            try:
+                inode = self.fs.resolve(path)
+                size = self.fs.getattr(inode).size
+                for offset in range(0, size, _PREFETCH_BLOCK):
+                    data = self.fs.read(inode, offset, _PREFETCH_BLOCK)
+                    self.metrics.add(self.metrics.prefetch_bytes, len(data))
+            except KetchError as exc:
+                log.warning("prefetch skipped path=%s error=%r", path, exc.message)
+        log.info("prefetch done files=%d", len(paths))
+
+    async def serve(self, prefetch: list[str]) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._signals, nursery.cancel_scope)
+            if prefetch:
+                # One thread of its own: on-demand reads keep the rest of the pool.
+                limiter = trio.CapacityLimiter(1)
+                nursery.start_soon(
+                    lambda: trio.to_thread.run_sync(self.prefetch, prefetch, limiter=limiter)
+                )
+            await pyfuse3.main(min_tasks=4, max_tasks=64)
+            nursery.cancel_scope.cancel()
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                log.info("signal %s: unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()
+                return
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("ts=%(asctime)s level=%(levelname)s pid=%(process)d msg=%(message)s")
+    )
+    root = logging.getLogger("ketch")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def _check_mountpoint(mountpoint: Path) -> None:
+    if not mountpoint.is_dir():
+        raise UsageError(f"{mountpoint}: mountpoint is not a directory")
+    record = read_record(mountpoint)
+    if is_mounted(mountpoint):
+        if record is not None and record.alive():
+            raise UsageError(f"{mountpoint}: already mounted by ketch (pid {record.pid})")
+        raise UsageError(
+            f"{mountpoint}: something is mounted there (run ketch umount {mountpoint})"
+        )
+    if record is not None:
+        remove_record(mountpoint)  # left by a daemon that died
+
+
+def _read_prefetch_list(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read prefetch list: {exc.strerror}") from None
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def run_daemon(config: DaemonConfig) -> int:
+    """Mount and serve in this process until unmounted; the exit code."""
+    _setup_logging()
+    config.mountpoint = config.mountpoint.absolute()
+    ready_fd = config.ready_fd
+    try:
+        _check_mountpoint(config.mountpoint)
+        prefetch = _read_prefetch_list(config.prefetch_file)
+        store, tag = open_store(config.image)
+        image = open_ketch_image(store, tag, cache_dir=config.cache_dir / "bootstraps")
+        daemon = _Daemon(config, image)
+        options = set(pyfuse3.default_options) | {
+            "fsname=ketch",
+            "subtype=ketch",
+            "ro",
+            "allow_other",
+        }
+        try:
+            pyfuse3.init(daemon.ops, str(config.mountpoint), options)
+        except RuntimeError as exc:
+            raise StorageError(f"{config.mountpoint}: FUSE mount failed: {exc}") from None
+    except KetchError as exc:
+        log.error("mount failed error=%r", exc.message)
+        signal_ready(ready_fd, exc)
+        return exc.exit_code
+    api = ApiServer(
+        daemon.api_sock,
+        {
+            "/api/v1/daemon": json_route(daemon.daemon_info),
+            "/api/v1/files": json_route(daemon.trace.files),
+            "/metrics": daemon.render_metrics,
+        },
+    )
+    api.start()
+    bootstrap = image.bootstrap
+    write_record(
+        MountRecord(
+            mountpoint=str(config.mountpoint),
+            pid=os.getpid(),
+            image=config.image,
+            manifest_digest=image.descriptor.digest,
+            root_digest=f"{bootstrap.digest_algorithm.label}:{bootstrap.root_digest.hex()}",
+            api_sock=str(daemon.api_sock),
+            log_file=str(default_log_file(config.mountpoint)),
+        )
+    )
+    log.info(
+        "mounted image=%s mountpoint=%s api=%s", config.image, config.mountpoint, daemon.api_sock
+    )
+    signal_ready(ready_fd)
+    unmount = True
+    try:
+        trio.run(daemon.serve, prefetch)
+    except OSError as exc:
+        unmount = exc.errno != errno.ENODEV
+    finally:
+        # After an external umount the session is gone: closing must not unmount again.
+        try:
+            pyfuse3.close(unmount=unmount and is_mounted(config.mountpoint))
+        finally:
+            api.stop()
+            remove_record(config.mountpoint)
+            log.info("unmounted mountpoint=%s", config.mountpoint)
+    return 0

@@ -1,0 +1,249 @@
+"""A ChunkSource with the node-wide chunk cache in front of a ChunkReader.
+
+The FUSE daemon reads through this from many worker threads at once. For one
+``read(blob, chunks)``:
+
+1. each distinct digest is *claimed*: the first thread to want a digest becomes its
+   leader; threads that want it while the leader works *join* its flight and wait for
+   its result (single-flight), so 32 readers of one cold chunk cost one backend read;
+2. the leader serves its claims from the cache where it can (the cache verifies);
+3. the rest are fetched in blob order, adjacent chunks merged into one range read
+   (``merge_ranges``, the same rule ``ChunkReader`` uses), decompressed and verified;
+4. waiters are released with the bytes, the cache is filled, and only then is the
+   flight forgotten, so a thread arriving later finds the chunk in the cache rather
+   than fetching it again.
+
+A failed fetch hands its error to every waiter of the chunks it covered and is not
+remembered: the next read tries again. An integrity error is specific to its chunks, so
+the other merged runs are still fetched; any other error (blob not found, backend down)
+concerns the whole blob and ends the read.
+
+Deadlock freedom: a thread resolves every flight it leads before it waits on anyone
+else's, and a leader never waits, so no cycle of waiting threads can form.
+
+Memory: nothing is kept after ``read`` returns; a flight holds its bytes only until its
+waiters have them and the cache has them.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NoReturn
+
+from ketch.errors import IntegrityError
+from ketch.format.records import ChunkRecord
+from ketch.storage.chunk_cache import ChunkCache
+from ketch.storage.chunk_reader import ChunkReader, merge_ranges
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderStats:
+    """A consistent snapshot of a CachedChunkReader's counters, in distinct chunks per
+    read (a chunk named twice in one read counts once)."""
+
+    #: chunks served by the cache
+    cache_hits: int
+    #: chunks this reader had to fetch from the backend (every one, without a cache)
+    cache_misses: int
+    #: chunks obtained by waiting on another thread's fetch or cache read
+    joined: int
+    #: range reads issued to the backend
+    fetches: int
+    #: bytes those range reads asked for (compressed)
+    backend_bytes: int
+
+
+class _Flight:
+    """One digest being obtained by one leader thread; waiters block on ``done``."""
+
+    __slots__ = ("data", "done", "error", "fetched")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+        #: the bytes came from the backend (so they belong in the cache)
+        self.fetched = False
+
+    def resolve(self, data: bytes, *, fetched: bool = False) -> None:
+        self.data = data
+        self.fetched = fetched
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+class CachedChunkReader:
+    """``ChunkSource`` over ``reader``, with ``cache`` (or none) and single-flight fetches."""
+
+    def __init__(self, reader: ChunkReader, cache: ChunkCache | None) -> None:
+        if cache is not None and cache.algo != reader.algo:
+            raise ValueError(
+                f"chunk cache: expected digest algorithm {reader.algo.label}, "
+                f"found {cache.algo.label}"
+            )
+        self.reader = reader
+        self.cache = cache
+        self._lock = threading.Lock()
+        self._flights: dict[bytes, _Flight] = {}
+        self._cache_hits = 0
+        self._cache_misses = 0
+        self._joined = 0
+        self._fetches = 0
+        self._backend_bytes = 0
+
+    # -- counters -------------------------------------------------------------------------
+
+    def stats(self) -> ReaderStats:
+        with self._lock:
+            return ReaderStats(
+                self._cache_hits,
+                self._cache_misses,
+                self._joined,
+                self._fetches,
+                self._backend_bytes,
+            )
+
+    @property
+    def cache_hits(self) -> int:
+        return self.stats().cache_hits
+
+    @property
+    def cache_misses(self) -> int:
+        return self.stats().cache_misses
+
+    @property
+    def fetches(self) -> int:
+        return self.stats().fetches
+
+    @property
+    def backend_bytes(self) -> int:
+        # Counted here rather than read from ChunkReader.backend_bytes, whose unlocked
+        # ``+=`` can lose updates when many threads read at once.
+        return self.stats().backend_bytes
+
+    # -- the read path --------------------------------------------------------------------
+
+    def read(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes]:
+        """The verified bytes of ``chunks`` (all in ``blob``), in the order given."""
+        wanted: dict[bytes, ChunkRecord] = {}
+        for chunk in chunks:
+            wanted.setdefault(chunk.digest, chunk)
+        led: dict[bytes, _Flight] = {}
+        joined: dict[bytes, _Flight] = {}
+        with self._lock:
+            for digest in wanted:
+                flight = self._flights.get(digest)
+                if flight is None:
+                    flight = led[digest] = self._flights[digest] = _Flight()
+                else:
+                    joined[digest] = flight
+            self._joined += len(joined)
+        try:
+            self._lead(blob, [wanted[digest] for digest in led], led)
+        finally:
+            self._land(led)
+        found: dict[bytes, bytes] = {}
+        for digest, flight in led.items():
+            found[digest] = _outcome(flight)
+        for digest, flight in joined.items():
+            flight.done.wait()
+            found[digest] = _outcome(flight)
+        return [found[chunk.digest] for chunk in chunks]
+
+    def _lead(self, blob: str, chunks: list[ChunkRecord], flights: dict[bytes, _Flight]) -> None:
+        """Resolve or fail every flight in ``flights``; raises nothing of its own except
+        through the flights (their errors are re-raised by ``read``)."""
+        missing: list[ChunkRecord] = []
+        hits = 0
+        try:
+            for chunk in chunks:
+                data = self.cache.get(chunk.digest) if self.cache is not None else None
+                if data is None:
+                    missing.append(chunk)
+                else:
+                    hits += 1
+                    flights[chunk.digest].resolve(data)
+            with self._lock:
+                self._cache_hits += hits
+                self._cache_misses += len(missing)
+            # Blob order, so chunks adjacent in the blob merge whatever the file order.
+            missing.sort(key=lambda chunk: chunk.compressed_offset)
+            for group in merge_ranges(missing, self.reader.max_merge):
+                if self._fetch(blob, group, flights):
+                    continue
+                return  # the whole blob failed: _land fails the rest
+        except BaseException as exc:
+            _fail_unresolved(flights, exc)
+            raise
+
+    def _fetch(self, blob: str, group: list[ChunkRecord], flights: dict[bytes, _Flight]) -> bool:
+        """One merged range read; False if its error concerns the whole blob."""
+        span = group[-1].compressed_offset + group[-1].compressed_size - group[0].compressed_offset
+        with self._lock:
+            self._fetches += 1
+            self._backend_bytes += span
+        try:
+            datas = self.reader.read(blob, group)
+        except IntegrityError as exc:
+            for chunk in group:
+                flights[chunk.digest].fail(exc)
+            return True
+        except BaseException as exc:
+            _fail_unresolved(flights, exc)
+            return False
+        for chunk, data in zip(group, datas, strict=True):
+            flights[chunk.digest].resolve(data, fetched=True)
+        return True
+
+    def _land(self, flights: dict[bytes, _Flight]) -> None:
+        """Fill the cache with what was fetched, then forget the flights.
+
+        Waiters already have their bytes (``resolve`` released them); new arrivals keep
+        joining the finished flight until it is forgotten, and after that find the
+        chunk in the cache. A flight that was never resolved (a bug, or an interrupt)
+        is failed here so that no waiter can hang.
+        """
+        _fail_unresolved(flights, RuntimeError("chunk fetch ended without a result"))
+        try:
+            if self.cache is not None:
+                for digest, flight in flights.items():
+                    if flight.fetched and flight.data is not None:
+                        self.cache.put(digest, flight.data)
+        finally:
+            with self._lock:
+                for digest in flights:
+                    self._flights.pop(digest, None)
+
+
+def _fail_unresolved(flights: dict[bytes, _Flight], error: BaseException) -> None:
+    for flight in flights.values():
+        if not flight.done.is_set():
+            flight.fail(error)
+
+
+def _outcome(flight: _Flight) -> bytes:
+    if flight.error is not None:
+        _rethrow(flight.error)
+    if flight.data is None:  # resolve() always sets data; guards the invariant for mypy
+        raise RuntimeError("chunk flight finished without data or error")
+    return flight.data
+
+
+def _rethrow(error: BaseException) -> NoReturn:
+    """Raise a flight's error in this thread.
+
+    Each waiter raises its own copy (same type and message, so the FUSE adapter maps it
+    to the same errno), chained to the original: one exception object raised in many
+    threads at once would have their tracebacks spliced together.
+    """
+    try:
+        clone = copy.copy(error)
+    except Exception:
+        raise error from None
+    raise clone.with_traceback(None) from error

@@ -1,0 +1,335 @@
+"""The cached reader: cache hits cost no backend read, concurrent misses of one chunk
+cost one, adjacent misses share one range read, and errors reach every waiter."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TypeVar
+
+import pytest
+
+from ketch.errors import IntegrityError, StorageError
+from ketch.format.digests import DigestAlgorithm
+from ketch.format.records import ChunkRecord
+from ketch.fs.image_fs import ImageFS
+from ketch.oci.manifest import Descriptor, Manifest, Platform
+from ketch.storage.cached_reader import CachedChunkReader
+from ketch.storage.chunk_cache import ChunkCache
+from ketch.storage.chunk_reader import ChunkReader
+from ketch.storage.ketch_image import open_ketch_image
+from ketch.storage.oci_layout_store import OciLayoutStore
+from ketch.storage.store import ImageStore
+from tests.fixtures import ocilayout as ol
+from tests.fixtures.ketch import convert
+
+T = TypeVar("T")
+CHUNK = 4096
+THREADS = 32
+
+
+class CountingStore(ImageStore):
+    """An ImageStore that counts range reads and can hold or fail them."""
+
+    def __init__(self, inner: ImageStore) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.ranges: list[tuple[str, int, int]] = []
+        self._lock = threading.Lock()
+        #: called before each range read (in the reading thread): may block or raise
+        self.before_read: Callable[[], None] = lambda: None
+
+    @property
+    def reads(self) -> int:
+        with self._lock:
+            return len(self.ranges)
+
+    def read_range(self, digest: str, offset: int, length: int) -> bytes:
+        with self._lock:
+            self.ranges.append((digest, offset, length))
+        self.before_read()
+        return self.inner.read_range(digest, offset, length)
+
+    def blob_size(self, digest: str) -> int:
+        return self.inner.blob_size(digest)
+
+    def open_blob(self, digest: str) -> IO[bytes]:
+        return self.inner.open_blob(digest)
+
+    def read_blob(self, digest: str, max_size: int | None = None) -> bytes:
+        return self.inner.read_blob(digest, max_size)
+
+    def has_blob(self, digest: str) -> bool:
+        return self.inner.has_blob(digest)
+
+    def resolve(
+        self, tag: str, platform: Platform | None = None
+    ) -> tuple[Descriptor, Manifest, bytes]:
+        return self.inner.resolve(tag, platform)
+
+    def scratch_dir(self) -> Path:
+        return self.inner.scratch_dir()
+
+    def push_blob_file(self, path: Path, digest: str) -> None:
+        self.inner.push_blob_file(path, digest)
+
+    def copy_blob_from(self, other: ImageStore, digest: str) -> None:
+        self.inner.copy_blob_from(other, digest)
+
+    def put_manifest(self, data: bytes, media_type: str, tag: str) -> Descriptor:
+        return self.inner.put_manifest(data, media_type, tag)
+
+
+@dataclass
+class Mount:
+    """One image read through a cached reader, as a daemon mount would."""
+
+    fs: ImageFS
+    reader: CachedChunkReader
+    store: CountingStore
+    cache: ChunkCache | None
+
+    def chunks(self, path: str) -> tuple[str, list[ChunkRecord]]:
+        """The blob and chunk records of a whole file."""
+        ino = self.fs.resolve(path)
+        size = self.fs.getattr(ino).size
+        pieces = self.fs.bootstrap.chunks_for_range(ino - 1, 0, size)
+        blobs = {chunk.blob for _, chunk in pieces}
+        assert len(blobs) == 1
+        blob = self.fs.bootstrap.blob(blobs.pop()).oci_digest
+        return blob, [chunk for _, chunk in pieces]
+
+    def cat(self, path: str) -> bytes:
+        ino = self.fs.resolve(path)
+        return self.fs.read(ino, 0, self.fs.getattr(ino).size)
+
+
+def mount(layout: Path, cache_root: Path | None, capacity: int = 0) -> Mount:
+    store = CountingStore(OciLayoutStore.open(layout))
+    image = open_ketch_image(store, "ketch")
+    algo = image.bootstrap.digest_algorithm
+    cache = None if cache_root is None else ChunkCache(cache_root, capacity, algo)
+    reader = CachedChunkReader(ChunkReader(store, algo), cache)
+    mount = Mount(ImageFS(image.bootstrap, reader), reader, store, cache)
+    store.ranges.clear()  # opening read the bootstrap whole, not by range; start at zero
+    return mount
+
+
+def build(tmp_path: Path, name: str, files: dict[str, bytes]) -> Path:
+    src = tmp_path / f"{name}-src"
+    entries = [ol.file(path, data) for path, data in sorted(files.items())]
+    ol.write_oci_layout(src, "src", [ol.tar_bytes(entries)])
+    convert(src, "src", tmp_path / name, chunk_size=CHUNK)
+    return tmp_path / name
+
+
+FOUR = os.urandom(4 * CHUNK)  # four adjacent chunks, stored raw
+TEXT = b"".join(b"line %d of a compressible file\n" % n for n in range(2000))  # zstd
+REPEATED = b"r" * (3 * CHUNK)  # one chunk, three times in the file
+SHARED = os.urandom(3 * CHUNK)
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Path:
+    return build(tmp_path, "image", {"four": FOUR, "text": TEXT, "repeated": REPEATED})
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.001)
+
+
+def test_round_trip_then_served_from_cache(layout: Path, tmp_path: Path) -> None:
+    cold = mount(layout, tmp_path / "cache")
+    assert cold.cat("/four") == FOUR
+    assert cold.cat("/text") == TEXT
+    assert cold.store.reads > 0
+    stats = cold.reader.stats()
+    assert stats.cache_hits == 0 and stats.cache_misses > 0
+    assert stats.backend_bytes == sum(length for _, _, length in cold.store.ranges)
+    # A second mount (a restarted daemon) on the same cache dir never touches the store.
+    warm = mount(layout, tmp_path / "cache")
+    assert warm.cat("/four") == FOUR
+    assert warm.cat("/text") == TEXT
+    assert warm.store.reads == 0
+    assert warm.reader.cache_hits == stats.cache_misses
+    assert warm.reader.fetches == 0 and warm.reader.backend_bytes == 0
+
+
+def test_without_a_cache_every_read_fetches(layout: Path) -> None:
+    plain = mount(layout, None)
+    assert plain.cat("/four") == FOUR
+    assert plain.cat("/four") == FOUR
+    assert plain.store.reads == 2
+    assert plain.reader.cache_misses == 8 and plain.reader.cache_hits == 0
+
+
+def test_adjacent_missing_chunks_share_one_range_read(layout: Path, tmp_path: Path) -> None:
+    cold = mount(layout, tmp_path / "c1")
+    blob, chunks = cold.chunks("/four")
+    assert len(chunks) == 4
+    assert cold.reader.read(blob, chunks) == [FOUR[i * CHUNK : (i + 1) * CHUNK] for i in range(4)]
+    span = sum(chunk.compressed_size for chunk in chunks)
+    assert cold.store.ranges == [(blob, chunks[0].compressed_offset, span)]
+    # With the second chunk cached, only the others are fetched: [0] and [2, 3].
+    partial = mount(layout, tmp_path / "c2")
+    assert partial.cache is not None
+    partial.cache.put(chunks[1].digest, FOUR[CHUNK : 2 * CHUNK])
+    assert b"".join(partial.reader.read(blob, chunks)) == FOUR
+    assert partial.store.ranges == [
+        (blob, chunks[0].compressed_offset, chunks[0].compressed_size),
+        (blob, chunks[2].compressed_offset, chunks[2].compressed_size + chunks[3].compressed_size),
+    ]
+    stats = partial.reader.stats()
+    assert (stats.cache_hits, stats.cache_misses, stats.fetches) == (1, 3, 2)
+
+
+def test_a_chunk_named_twice_in_one_read_is_fetched_once(layout: Path, tmp_path: Path) -> None:
+    m = mount(layout, tmp_path / "cache")
+    _, chunks = m.chunks("/repeated")
+    assert len(chunks) == 3 and len({chunk.digest for chunk in chunks}) == 1
+    assert m.cat("/repeated") == REPEATED
+    assert m.store.reads == 1 and m.reader.cache_misses == 1
+
+
+def test_corrupt_cache_entry_is_refetched_never_returned(layout: Path, tmp_path: Path) -> None:
+    m = mount(layout, tmp_path / "cache")
+    assert m.cat("/text") == TEXT
+    assert m.cache is not None
+    _, chunks = m.chunks("/text")
+    entry = m.cache.path(chunks[0].digest)
+    damaged = bytearray(entry.read_bytes())
+    damaged[7] ^= 0xFF
+    entry.write_bytes(bytes(damaged))
+    m.cache.path(chunks[1].digest).write_bytes(b"truncated")
+    before = m.store.reads
+    assert m.cat("/text") == TEXT
+    assert m.cache.corrupt == 2
+    assert m.store.reads == before + 1  # the two damaged chunks are adjacent: one read
+    assert m.cache.get(chunks[0].digest) == TEXT[:CHUNK]  # and refilled
+
+
+def test_concurrent_misses_of_one_chunk_fetch_it_once(layout: Path, tmp_path: Path) -> None:
+    m = mount(layout, tmp_path / "cache")
+    blob, chunks = m.chunks("/four")
+    # The first range read waits until the 31 other readers have joined its flight, so
+    # every one of them really missed the chunk while it was being fetched.
+    m.store.before_read = lambda: wait_for(
+        lambda: m.reader.stats().joined >= THREADS - 1, "readers to join"
+    )
+    results = succeeded(run_threads(lambda: m.reader.read(blob, chunks[1:2])))
+    assert all(result == [FOUR[CHUNK : 2 * CHUNK]] for result in results)
+    assert m.store.reads == 1
+    stats = m.reader.stats()
+    assert (stats.cache_misses, stats.joined, stats.fetches) == (1, THREADS - 1, 1)
+    assert not m.reader._flights  # nothing kept after the reads returned
+
+
+def test_concurrent_whole_file_reads_without_cache(layout: Path) -> None:
+    m = mount(layout, None)
+    blob, chunks = m.chunks("/four")
+    m.store.before_read = lambda: wait_for(
+        lambda: m.reader.stats().joined >= (THREADS - 1) * 4, "readers to join"
+    )
+    results = succeeded(run_threads(lambda: m.reader.read(blob, chunks)))
+    assert all(b"".join(result) == FOUR for result in results)
+    assert m.store.reads == 1
+
+
+def test_a_failed_fetch_reaches_every_waiter_and_is_retried(layout: Path, tmp_path: Path) -> None:
+    m = mount(layout, tmp_path / "cache")
+    blob, chunks = m.chunks("/text")
+    failures = iter([True])
+
+    def flaky() -> None:
+        wait_for(lambda: m.reader.stats().joined >= THREADS - 1, "readers to join")
+        if next(failures, False):
+            raise StorageError("backend down")
+
+    m.store.before_read = flaky
+    outcomes = run_threads(lambda: m.reader.read(blob, chunks[:1]))
+    assert all(isinstance(o, StorageError) and "backend down" in str(o) for o in outcomes)
+    assert m.store.reads == 1
+    assert not m.reader._flights
+    assert m.cache is not None and m.cache.get(chunks[0].digest) is None
+    # The error was not remembered: the next read fetches again, and succeeds.
+    m.store.before_read = lambda: None
+    assert m.reader.read(blob, chunks[:1]) == [TEXT[:CHUNK]]
+    assert m.store.reads == 2
+
+
+def test_integrity_error_spares_the_other_runs(layout: Path, tmp_path: Path) -> None:
+    m = mount(layout, tmp_path / "cache")
+    blob, chunks = m.chunks("/four")
+    assert m.cache is not None
+    m.cache.put(chunks[1].digest, FOUR[CHUNK : 2 * CHUNK])
+    blob_path: Path = m.store.inner.layout.blob_path(blob)  # type: ignore[attr-defined]
+    raw = bytearray(blob_path.read_bytes())
+    raw[chunks[0].compressed_offset] ^= 0xFF
+    blob_path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match=chunks[0].digest.hex()):
+        m.reader.read(blob, chunks)
+    # The run after the cached chunk was still fetched, verified and cached.
+    assert m.cache.get(chunks[2].digest) == FOUR[2 * CHUNK : 3 * CHUNK]
+    assert m.cache.get(chunks[3].digest) == FOUR[3 * CHUNK :]
+    assert m.cache.get(chunks[0].digest) is None
+
+
+def test_images_sharing_chunks_fetch_them_once(tmp_path: Path) -> None:
+    one = build(tmp_path, "one", {"shared": SHARED, "only-one": os.urandom(2 * CHUNK)})
+    two = build(tmp_path, "two", {"shared": SHARED, "only-two": TEXT})
+    cache = tmp_path / "cache"
+    first = mount(one, cache)
+    assert first.cat("/shared") == SHARED
+    assert first.reader.cache_misses == 3
+    # Another daemon, another image, the same node-wide cache directory.
+    second = mount(two, cache)
+    assert second.cat("/shared") == SHARED
+    assert second.store.reads == 0
+    assert second.reader.cache_hits == 3
+    assert second.cat("/only-two") == TEXT
+    assert second.store.reads == 1
+
+
+def test_cache_and_reader_must_agree_on_the_digest(layout: Path, tmp_path: Path) -> None:
+    m = mount(layout, None)
+    cache = ChunkCache(tmp_path / "cache", 0, DigestAlgorithm.SHA256)
+    with pytest.raises(ValueError, match="expected digest algorithm blake3, found sha256"):
+        CachedChunkReader(m.reader.reader, cache)
+
+
+def run_threads(work: Callable[[], T]) -> list[T | BaseException]:
+    """Run ``work`` in THREADS threads released together; their results or errors."""
+    barrier = threading.Barrier(THREADS)
+    results: list[T | BaseException] = [RuntimeError("did not finish")] * THREADS
+
+    def body(n: int) -> None:
+        barrier.wait()
+        try:
+            results[n] = work()
+        except BaseException as exc:
+            results[n] = exc
+
+    threads = [threading.Thread(target=body, args=(n,)) for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def succeeded(results: list[T | BaseException]) -> list[T]:
+    """The results, or the first error raised."""
+    values: list[T] = []
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+        values.append(result)
+    return values
