@@ -108,12 +108,13 @@ class Mount:
         return self.fs.read(ino, 0, self.fs.getattr(ino).size)
 
 
-def mount(layout: Path, cache_root: Path | None, capacity: int = 0) -> Mount:
+def mount(layout: Path, cache_root: Path | None, capacity: int = 0, memory: int = 0) -> Mount:
+    """A reader with no memory tier unless asked: these tests watch the disk cache."""
     store = CountingStore(OciLayoutStore.open(layout))
     image = open_ketch_image(store, "ketch")
     algo = image.bootstrap.digest_algorithm
     cache = None if cache_root is None else ChunkCache(cache_root, capacity, algo)
-    reader = CachedChunkReader(ChunkReader(store, algo), cache)
+    reader = CachedChunkReader(ChunkReader(store, algo), cache, memory=memory)
     mount = Mount(ImageFS(image.bootstrap, reader), reader, store, cache)
     store.ranges.clear()  # opening read the bootstrap whole, not by range; start at zero
     return mount
@@ -333,3 +334,16 @@ def succeeded(results: list[T | BaseException]) -> list[T]:
             raise result
         values.append(result)
     return values
+
+
+def test_recent_chunks_are_served_from_memory(layout: Path, tmp_path: Path) -> None:
+    m = mount(layout, tmp_path / "cache", memory=2 * CHUNK)
+    blob, chunks = m.chunks("/four")
+    for _ in range(3):  # a sequential reader asks for each chunk several times
+        assert m.reader.read(blob, chunks[:1]) == [FOUR[:CHUNK]]
+    assert m.store.reads == 1
+    assert m.reader.memory_hits == 2
+    assert m.cache is not None and m.cache.hits == 0  # the cache file was not re-read
+    m.reader.read(blob, chunks[1:4])  # three more chunks: the first one drops out of memory
+    assert m.reader.read(blob, chunks[:1]) == [FOUR[:CHUNK]]
+    assert m.cache.hits == 1

@@ -19,7 +19,7 @@ from ketch.builder.image_builder import BuildOptions, BuildSummary, ImageBuilder
 from ketch.cli.progress import RichProgress
 from ketch.daemon.launcher import start_detached, unmount
 from ketch.daemon.state import DEFAULT_CACHE_DIR, default_log_file, read_record
-from ketch.errors import KetchError
+from ketch.errors import KetchError, NotFoundError
 from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
 from ketch.fs.summary import entry_summary, image_summary
@@ -370,6 +370,43 @@ def cmd_umount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from ketch.daemon.api import api_get  # noqa: PLC0415 - see _run_daemon
+
+    mountpoint = Path(args.mountpoint).absolute()
+    record = read_record(mountpoint)
+    if record is None or not record.alive():
+        raise NotFoundError(f"{mountpoint}: no live Ketch mount")
+    sock = Path(record.api_sock)
+    daemon = json.loads(api_get(sock, "/api/v1/daemon"))
+    files = json.loads(api_get(sock, "/api/v1/files"))
+    metrics = {}
+    for line in api_get(sock, "/metrics").decode().splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.split()
+            metrics[name] = float(value)
+    if args.json:
+        print(json.dumps({"daemon": daemon, "metrics": metrics, "files": files}, indent=2))
+        return 0
+    mount = daemon["mounts"][0]
+    print(f"{mountpoint}: {mount['image']} (pid {daemon['pid']})")
+    print(f"  root digest     {mount['root_digest']}")
+    print(f"  fetched         {_human(metrics.get('ketch_backend_read_bytes_total', 0))}")
+    print(
+        f"  read by users   {_human(metrics.get('ketch_read_bytes_total', 0))} from {len(files)} files"
+    )
+    print(
+        f"  chunk cache     {int(metrics.get('ketch_cache_hits_total', 0))} hits, "
+        f"{int(metrics.get('ketch_cache_misses_total', 0))} misses"
+    )
+    print(f"  verify failures {int(metrics.get('ketch_chunk_verify_failures_total', 0))}")
+    for entry in files[: args.files]:
+        print(
+            f"    {entry['first_access_ms']:>10.1f} ms  {_human(entry['bytes_read']):>10}  {entry['path']}"
+        )
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ketch.daemon.container_run import RunRequest, run_in_image  # noqa: PLC0415 - see _run_daemon
 
@@ -451,6 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_mount_options(p)
     p.set_defaults(run=cmd_run, command=[])
     p.epilog = "Arguments after -- are the command to run instead of the image's Cmd."
+
+    p = sub.add_parser("status", help="what a live mount fetched and which files were read")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("--files", type=int, default=20, metavar="N", help="show the first N files read")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_status)
 
     p = sub.add_parser("umount", help="unmount a Ketch mount and stop its daemon")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")

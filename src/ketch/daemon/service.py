@@ -95,7 +95,7 @@ class _Daemon:
     def render_metrics(self) -> tuple[str, bytes]:
         m = self.metrics
         m.set(m.backend_read_bytes, self.reader.backend_bytes)
-        m.set(m.cache_hits, self.reader.cache_hits)
+        m.set(m.cache_hits, self.reader.cache_hits + self.reader.memory_hits)
         m.set(m.cache_misses, self.reader.cache_misses)
         return "text/plain; version=0.0.4", m.render().encode()
 

@@ -8,16 +8,15 @@ Nothing here touches the local filesystem: entries and their data are only read.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import stat
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
 from ketch.errors import BadLayerError, KetchError, UnsupportedError
+from ketch.oci import tar_header as th
+from ketch.oci.tar_header import TarHeader, TarHeaderReader
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
@@ -38,16 +37,15 @@ class EntryKind(enum.Enum):
 
 
 _TYPES = {
-    tarfile.REGTYPE: EntryKind.FILE,
-    tarfile.AREGTYPE: EntryKind.FILE,
-    tarfile.CONTTYPE: EntryKind.FILE,
-    tarfile.GNUTYPE_SPARSE: EntryKind.FILE,
-    tarfile.DIRTYPE: EntryKind.DIR,
-    tarfile.SYMTYPE: EntryKind.SYMLINK,
-    tarfile.LNKTYPE: EntryKind.HARDLINK,
-    tarfile.CHRTYPE: EntryKind.CHAR,
-    tarfile.BLKTYPE: EntryKind.BLOCK,
-    tarfile.FIFOTYPE: EntryKind.FIFO,
+    th.REGULAR: EntryKind.FILE,
+    th.REGULAR_OLD: EntryKind.FILE,
+    th.CONTIGUOUS: EntryKind.FILE,
+    th.DIRECTORY: EntryKind.DIR,
+    th.SYMLINK: EntryKind.SYMLINK,
+    th.HARDLINK: EntryKind.HARDLINK,
+    th.CHAR: EntryKind.CHAR,
+    th.BLOCK: EntryKind.BLOCK,
+    th.FIFO: EntryKind.FIFO,
 }
 _FILE_TYPE_BITS = {
     EntryKind.FILE: stat.S_IFREG,
@@ -81,146 +79,87 @@ class LayerEntry:
 
 def clean_path(raw: bytes) -> Path_:
     """Clean as ``filepath.Clean("/" + raw)``: '..' above the root stays at the root."""
-    parts: list[bytes] = []
-    for part in raw.split(b"/"):
-        if part in (b"", b"."):
-            continue
-        if part == b"..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    return tuple(parts)
+    parts = [part for part in raw.split(b"/") if part and part != b"."]
+    if b".." not in parts:
+        return tuple(parts)
+    out: list[bytes] = []
+    for part in parts:
+        if part != b"..":
+            out.append(part)
+        elif out:
+            out.pop()
+    return tuple(out)
 
 
-def _mtime(info: tarfile.TarInfo) -> tuple[int, int]:
-    """Seconds and nanoseconds; PAX mtime is parsed from its decimal text, not a float."""
-    text = info.pax_headers.get("mtime")
-    if text:
-        whole, _, frac = text.strip().partition(".")
-        try:
-            sec = int(whole)
-            nsec = int((frac + "000000000")[:9]) if frac else 0
-        except ValueError:
-            return int(info.mtime), 0
-        if whole.startswith("-") and nsec:
-            sec -= 1
-            nsec = 1_000_000_000 - nsec
-        return sec, nsec
-    return int(info.mtime), 0
+_UINT32_MAX = (1 << 32) - 1
 
 
-def _xattrs(info: tarfile.TarInfo, layer: str) -> dict[bytes, bytes]:
-    out: dict[bytes, bytes] = {}
-    for key, value in info.pax_headers.items():
-        if key.startswith("SCHILY.xattr."):
-            name = key[len("SCHILY.xattr.") :].encode("utf-8", "surrogateescape")
-            out[name] = value.encode("utf-8", "surrogateescape")
-        elif key.startswith("LIBARCHIVE.xattr."):
-            name = key[len("LIBARCHIVE.xattr.") :].encode("utf-8", "surrogateescape")
-            try:
-                out[name] = base64.b64decode(value + "=" * (-len(value) % 4))
-            except binascii.Error:
-                raise BadLayerError(
-                    f"layer {layer}: {info.name}: xattr {key} is not base64"
-                ) from None
-    for name in out:
-        if not name or len(name) > 255 or b"\0" in name:
-            raise BadLayerError(f"layer {layer}: {info.name}: xattr name {name!r} is not valid")
-    return out
+def _show(name: bytes) -> str:
+    """A raw name as messages have always shown it (tarfile's str, repr'd)."""
+    return repr(name.decode("utf-8", "surrogateescape"))
 
 
-def _entry(info: tarfile.TarInfo, layer: str) -> LayerEntry | None:
-    raw_name = info.name.encode("utf-8", "surrogateescape")
-    path = clean_path(raw_name)
+def _check_xattrs(xattrs: dict[bytes, bytes], name: bytes, layer: str) -> None:
+    for key in xattrs:
+        if not key or len(key) > 255 or b"\0" in key:
+            raise BadLayerError(
+                f"layer {layer}: {name.decode('utf-8', 'surrogateescape')}: xattr name {key!r} is not valid"
+            )
+
+
+def _entry(header: TarHeader, layer: str) -> LayerEntry:
+    name = header.name
+    path = clean_path(name)
     base = path[-1] if path else b""
-    if base == OPAQUE_MARKER:
-        return LayerEntry(path[:-1], EntryKind.OPAQUE)
     if base.startswith(WHITEOUT_PREFIX):
+        if base == OPAQUE_MARKER:
+            return LayerEntry(path[:-1], EntryKind.OPAQUE)
         victim = base[len(WHITEOUT_PREFIX) :]
         if victim in (b"", b".", b"..") or victim.startswith(WHITEOUT_PREFIX):
             raise BadLayerError(
-                f"layer {layer}: whiteout {info.name!r} names {victim!r}, not an entry"
+                f"layer {layer}: whiteout {_show(name)} names {victim!r}, not an entry"
             )
         return LayerEntry((*path[:-1], victim), EntryKind.WHITEOUT)
-    kind = _TYPES.get(info.type)
+    kind = _TYPES.get(header.typeflag)
     if kind is None:
-        if info.type in (
-            tarfile.XHDTYPE,
-            tarfile.XGLTYPE,
-            tarfile.GNUTYPE_LONGNAME,
-            tarfile.GNUTYPE_LONGLINK,
-        ):
-            return None
         raise UnsupportedError(
-            f"layer {layer}: {info.name!r}: tar entry type {info.type!r} is not supported"
+            f"layer {layer}: {_show(name)}: tar entry type {header.typeflag!r} is not supported"
         )
     if not path and kind is not EntryKind.DIR:
         raise BadLayerError(
-            f"layer {layer}: entry {info.name!r} replaces the root with a {kind.value}"
+            f"layer {layer}: entry {_show(name)} replaces the root with a {kind.value}"
         )
-    if info.size < 0:
-        raise BadLayerError(f"layer {layer}: {info.name!r}: size {info.size} is negative")
-    sec, nsec = _mtime(info)
+    if not (0 <= header.uid <= _UINT32_MAX and 0 <= header.gid <= _UINT32_MAX):
+        raise BadLayerError(
+            f"layer {layer}: {_show(name)}: owner {header.uid}:{header.gid}: expected ids "
+            f"from 0 to {_UINT32_MAX}"
+        )
+    xattrs = header.xattrs
+    if xattrs:
+        _check_xattrs(xattrs, name, layer)
     entry = LayerEntry(
-        path=path,
-        kind=kind,
-        mode=_FILE_TYPE_BITS.get(kind, 0) | (info.mode & 0o7777),
-        uid=info.uid,
-        gid=info.gid,
-        size=info.size if kind is EntryKind.FILE else 0,
-        mtime_sec=sec,
-        mtime_nsec=nsec,
-        xattrs=_xattrs(info, layer),
+        path,
+        kind,
+        _FILE_TYPE_BITS.get(kind, 0) | (header.mode & 0o7777),
+        header.uid,
+        header.gid,
+        header.size if kind is EntryKind.FILE else 0,
+        header.mtime_sec,
+        header.mtime_nsec,
+        xattrs=xattrs,
     )
     if kind is EntryKind.SYMLINK:
-        entry.link_target = info.linkname.encode("utf-8", "surrogateescape")
-        if not entry.link_target or b"\0" in entry.link_target:
-            raise BadLayerError(f"layer {layer}: symlink {info.name!r} has an empty target")
+        entry.link_target = header.linkname
+        if not entry.link_target:
+            raise BadLayerError(f"layer {layer}: symlink {_show(name)} has an empty target")
         entry.size = len(entry.link_target)
     elif kind is EntryKind.HARDLINK:
-        target = info.linkname.encode("utf-8", "surrogateescape")
-        entry.link_path = clean_path(target)
+        entry.link_path = clean_path(header.linkname)
         if not entry.link_path:
-            raise BadLayerError(f"layer {layer}: hardlink {info.name!r} points at the root")
-    elif kind in (EntryKind.CHAR, EntryKind.BLOCK):
-        entry.rdev = _makedev(info.devmajor, info.devminor)
+            raise BadLayerError(f"layer {layer}: hardlink {_show(name)} points at the root")
+    elif kind is EntryKind.CHAR or kind is EntryKind.BLOCK:
+        entry.rdev = _makedev(header.devmajor, header.devminor)
     return entry
-
-
-# tarfile's HeaderError leaves; typeshed does not declare them.
-_EOF_HEADER: type[tarfile.HeaderError] = tarfile.EOFHeaderError  # type: ignore[attr-defined]
-_INVALID_HEADER: type[tarfile.HeaderError] = tarfile.InvalidHeaderError  # type: ignore[attr-defined]
-_TRUNCATED_HEADER: type[tarfile.HeaderError] = tarfile.TruncatedHeaderError  # type: ignore[attr-defined]
-
-
-class _StrictTarInfo(tarfile.TarInfo):
-    """A header block that does not parse is a broken archive, never its end.
-
-    ``TarFile.next`` takes an invalid or truncated header after the first for the end of
-    the archive, so a size field that lies by a block or more, or a stream cut inside a
-    header, would silently drop the rest of the layer. Go's archive/tar (umoci) reports
-    both, and a zero block followed by a non-zero one; so do we, as ``ReadError``.
-    """
-
-    @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> _StrictTarInfo:
-        try:
-            return super().fromtarfile(tarfile_)
-        except _EOF_HEADER:
-            after = tarfile_.fileobj.read(tarfile.BLOCKSIZE)
-            if after.strip(b"\0"):
-                raise tarfile.ReadError(
-                    f"zero block at offset {tarfile_.offset}: expected a second zero block "
-                    "(end of archive), found data"
-                ) from None
-            raise
-        except (_INVALID_HEADER, _TRUNCATED_HEADER) as exc:
-            if tarfile_.offset == 0:
-                raise  # tarfile reports a bad first header itself
-            raise tarfile.ReadError(
-                f"{exc} at offset {tarfile_.offset}: expected a header or the end of the archive"
-            ) from None
 
 
 def _makedev(major: int, minor: int) -> int:
@@ -234,72 +173,38 @@ def _makedev(major: int, minor: int) -> int:
 
 
 class LayerReader:
-    """Iterate the entries of one uncompressed tar stream.
+    """Iterate the entries of one uncompressed tar stream (``tar_header`` reads the tar).
 
     For a FILE entry, ``read_data`` yields its bytes in blocks; it must be consumed (or
-    skipped) before the next entry, as a stream can't seek back.
+    left: the next entry skips the rest) before the next entry, as a stream can't seek
+    back. Errors surface while iterating, never from the constructor.
     """
 
     def __init__(self, stream: IO[bytes], layer: str) -> None:
         self.layer = layer
-        self._current: tarfile.TarInfo | None = None
-        self._tar: tarfile.TarFile | None
-        self._stream = stream
-        try:
-            # "r:" (not the stream mode "r|"): tarfile then reads headers and data straight
-            # from our stream, which moves forward only; "r|" re-buffers every read.
-            self._tar = tarfile.open(  # noqa: SIM115 - lives as long as the reader
-                fileobj=stream, mode="r:", tarinfo=_StrictTarInfo
-            )
-        except tarfile.ReadError as exc:
-            if "empty file" in str(exc):
-                self._tar = None  # an empty layer is valid and has no entries
-            else:
-                raise BadLayerError(f"layer {layer}: not a tar archive: {exc}") from None
-        except (EOFError, OSError) as exc:
-            raise BadLayerError(f"layer {layer}: not a tar archive: {exc}") from None
+        self._tar = TarHeaderReader(stream, layer)
 
     def entries(self) -> Iterator[LayerEntry]:
-        if self._tar is None:
-            return
+        next_header = self._tar.next
+        layer = self.layer
         try:
-            while (info := self._tar.next()) is not None:
-                # tarfile keeps every member it has read; a stream needs none of them.
-                self._tar.members.clear()  # type: ignore[attr-defined]
-                self._current = info
-                entry = _entry(info, self.layer)
-                if entry is not None:
-                    yield entry
+            while (header := next_header()) is not None:
+                yield _entry(header, layer)
         except KetchError:
             raise
-        except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeError) as exc:
-            where = f" after {self._current.name!r}" if self._current is not None else ""
-            raise BadLayerError(f"layer {self.layer}: broken tar{where}: {exc}") from None
+        except (EOFError, OSError) as exc:
+            raise BadLayerError(f"layer {layer}: broken tar: {exc}") from None
 
     def read_data(self, block_size: int) -> Iterator[bytes]:
-        """The current FILE entry's bytes, ``block_size`` at a time (the last may be short)."""
-        info = self._current
-        if self._tar is None or info is None:
-            return
+        """The current FILE entry's bytes, ``block_size`` at a time (the last may be short).
+
+        Each block is exactly ``block_size`` bytes but the last, as ``LayerStream.read``
+        returns what it is asked for: with ``block_size`` equal to the chunk size, the
+        fixed chunker passes blocks on without copying them.
+        """
         try:
-            if info.sparse is None:
-                # Plain data: read it straight from the stream, no extra buffering.
-                self._stream.seek(info.offset_data)
-                data: IO[bytes] | None = self._stream
-            else:
-                data = self._tar.extractfile(info)
-            if data is None:
-                return
-            remaining = info.size
-            while remaining > 0:
-                block = data.read(min(block_size, remaining))
-                if not block:
-                    raise BadLayerError(
-                        f"layer {self.layer}: {info.name!r}: data ends {remaining} bytes early"
-                    )
-                remaining -= len(block)
-                yield block
+            yield from self._tar.read_data(block_size)
         except KetchError:
             raise
-        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            raise BadLayerError(f"layer {self.layer}: {info.name!r}: broken data: {exc}") from None
+        except (EOFError, OSError) as exc:
+            raise BadLayerError(f"layer {self.layer}: broken data: {exc}") from None

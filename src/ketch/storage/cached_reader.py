@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -78,10 +79,50 @@ class _Flight:
         self.done.set()
 
 
+class _RecentChunks:
+    """The last chunks served, in memory, least recently used dropped first.
+
+    The kernel reads a file in pieces smaller than a chunk (128 KiB for FUSE), so a
+    sequential reader asks for the same chunk several times in a row: this keeps those
+    asks from re-reading and re-hashing the cache file each time.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._chunks: OrderedDict[bytes, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, digest: bytes) -> bytes | None:
+        with self._lock:
+            data = self._chunks.get(digest)
+            if data is not None:
+                self._chunks.move_to_end(digest)
+            return data
+
+    def put(self, digest: bytes, data: bytes) -> None:
+        if len(data) > self.capacity:
+            return
+        with self._lock:
+            if digest in self._chunks:
+                self._chunks.move_to_end(digest)
+                return
+            self._chunks[digest] = data
+            self._bytes += len(data)
+            while self._bytes > self.capacity:
+                _, dropped = self._chunks.popitem(last=False)
+                self._bytes -= len(dropped)
+
+
+DEFAULT_MEMORY = 64 << 20
+
+
 class CachedChunkReader:
     """``ChunkSource`` over ``reader``, with ``cache`` (or none) and single-flight fetches."""
 
-    def __init__(self, reader: ChunkReader, cache: ChunkCache | None) -> None:
+    def __init__(
+        self, reader: ChunkReader, cache: ChunkCache | None, *, memory: int = DEFAULT_MEMORY
+    ) -> None:
         if cache is not None and cache.algo != reader.algo:
             raise ValueError(
                 f"chunk cache: expected digest algorithm {reader.algo.label}, "
@@ -96,6 +137,8 @@ class CachedChunkReader:
         self._joined = 0
         self._fetches = 0
         self._backend_bytes = 0
+        self._memory_hits = 0
+        self._recent = _RecentChunks(memory)
 
     # -- counters -------------------------------------------------------------------------
 
@@ -112,6 +155,11 @@ class CachedChunkReader:
     @property
     def cache_hits(self) -> int:
         return self.stats().cache_hits
+
+    @property
+    def memory_hits(self) -> int:
+        with self._lock:
+            return self._memory_hits
 
     @property
     def cache_misses(self) -> int:
@@ -131,9 +179,21 @@ class CachedChunkReader:
 
     def read(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes]:
         """The verified bytes of ``chunks`` (all in ``blob``), in the order given."""
+        found: dict[bytes, bytes] = {}
         wanted: dict[bytes, ChunkRecord] = {}
         for chunk in chunks:
-            wanted.setdefault(chunk.digest, chunk)
+            if chunk.digest in found or chunk.digest in wanted:
+                continue
+            recent = self._recent.get(chunk.digest)
+            if recent is None:
+                wanted[chunk.digest] = chunk
+            else:
+                found[chunk.digest] = recent
+        if found:
+            with self._lock:
+                self._memory_hits += len(found)
+        if not wanted:
+            return [found[chunk.digest] for chunk in chunks]
         led: dict[bytes, _Flight] = {}
         joined: dict[bytes, _Flight] = {}
         with self._lock:
@@ -148,12 +208,13 @@ class CachedChunkReader:
             self._lead(blob, [wanted[digest] for digest in led], led)
         finally:
             self._land(led)
-        found: dict[bytes, bytes] = {}
         for digest, flight in led.items():
             found[digest] = _outcome(flight)
         for digest, flight in joined.items():
             flight.done.wait()
             found[digest] = _outcome(flight)
+        for digest in wanted:
+            self._recent.put(digest, found[digest])
         return [found[chunk.digest] for chunk in chunks]
 
     def _lead(self, blob: str, chunks: list[ChunkRecord], flights: dict[bytes, _Flight]) -> None:
