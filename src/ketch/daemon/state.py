@@ -96,9 +96,10 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def mount_type(mountpoint: Path) -> str | None:
-    """The filesystem type mounted exactly at ``mountpoint``, from /proc/self/mountinfo."""
-    target = str(mountpoint.absolute())
+def _mountinfo(mountpoint: Path) -> list[str] | None:
+    """The /proc/self/mountinfo fields of the mount exactly at ``mountpoint`` (the last
+    one, if stacked), read without touching the mountpoint itself."""
+    target = os.path.abspath(mountpoint)
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
@@ -106,10 +107,20 @@ def mount_type(mountpoint: Path) -> str | None:
     found = None
     for line in lines:
         fields = line.split(" ")
-        point = fields[4].encode().decode("unicode_escape")
-        if point == target:
-            found = fields[fields.index("-") + 1]
+        if fields[4].encode().decode("unicode_escape") == target:
+            found = fields
     return found
+
+
+def mount_type(mountpoint: Path) -> str | None:
+    fields = _mountinfo(mountpoint)
+    return fields[fields.index("-") + 1] if fields else None
+
+
+def mount_device(mountpoint: Path) -> str | None:
+    """``major:minor`` of the mount, which names its backing device info in sysfs."""
+    fields = _mountinfo(mountpoint)
+    return fields[2] if fields else None
 
 
 def is_mounted(mountpoint: Path) -> bool:
