@@ -18,6 +18,7 @@ import pytest
 
 from ketch.daemon.api import api_get
 from ketch.daemon.state import read_record
+from ketch.runtime.overlay import Overlay
 from tests.treecmp import compare_trees
 
 KETCH = [sys.executable, "-m", "ketch.cli.main"]
@@ -308,3 +309,17 @@ def test_ketch_run_on_a_lazy_mount(
         "fuse.ketch" in line and str(tmp_path) in line
         for line in Path("/proc/mounts").read_text().splitlines()
     )
+
+
+def test_overlayfs_over_the_mount(mount: MountFactory, tmp_path: Path) -> None:
+    mounted = mount("py1")
+    original = (mounted.path / "app" / "main.py").read_bytes()
+    with Overlay(mounted.path, tmp_path / "overlay") as overlay:
+        merged = overlay.merged
+        assert (merged / "app" / "main.py").read_bytes() == original
+        (merged / "app" / "main.py").write_text("changed\n")
+        (merged / "etc" / "new-file").write_text("new\n")
+        assert (merged / "app" / "main.py").read_text() == "changed\n"
+        assert sorted(os.listdir(merged / "app")) == sorted([*os.listdir(mounted.path / "app")])
+    assert (mounted.path / "app" / "main.py").read_bytes() == original
+    assert not (mounted.path / "etc" / "new-file").exists()
