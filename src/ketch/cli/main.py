@@ -17,9 +17,10 @@ from ketch import __version__
 from ketch.builder.chunker import DEFAULT_CHUNK_SIZE
 from ketch.builder.image_builder import BuildOptions, BuildSummary, ImageBuilder
 from ketch.cli.progress import RichProgress
+from ketch.config import DEFAULT_CONFIG_PATH, Config, load_config
 from ketch.daemon.launcher import start_detached, unmount
 from ketch.daemon.state import DEFAULT_CACHE_DIR, default_log_file, read_record
-from ketch.errors import KetchError, NotFoundError
+from ketch.errors import KetchError, NotFoundError, UsageError
 from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
 from ketch.fs.summary import entry_summary, image_summary
@@ -287,14 +288,14 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir",
         type=Path,
-        default=DEFAULT_CACHE_DIR,
-        help=f"node-wide chunk cache shared by all mounts (default: {DEFAULT_CACHE_DIR})",
+        help="node-wide chunk cache shared by all mounts (default: [cache] dir, "
+        f"{DEFAULT_CACHE_DIR})",
     )
     p.add_argument(
         "--cache-size",
         type=parse_size,
-        default=0,
-        help="cache size limit, least recently used chunks evicted (default: no limit)",
+        help="cache size limit, least recently used chunks evicted (default: [cache] size, "
+        "no limit)",
     )
     p.add_argument(
         "--prefetch-file",
@@ -302,6 +303,19 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help="paths, one per line, to fetch in the background after mount",
     )
+
+
+def _apply_config(args: argparse.Namespace, config: Config) -> None:
+    """Fill options the command line left unset from the configuration file."""
+    if hasattr(args, "cache_dir") and args.cache_dir is None:
+        args.cache_dir = Path(config.cache.dir)
+    if hasattr(args, "cache_size") and args.cache_size is None:
+        try:
+            args.cache_size = parse_size(config.cache.size)
+        except argparse.ArgumentTypeError as exc:
+            raise UsageError(f"configuration [cache] size: {exc}") from None
+    if hasattr(args, "prefetch_file") and args.prefetch_file is None and config.prefetch.file:
+        args.prefetch_file = Path(config.prefetch.file)
 
 
 def _run_daemon(args: argparse.Namespace, mountpoint: Path) -> int:
@@ -429,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ketch", description="Lazily-loaded, deduplicated, verifiable container images."
     )
     parser.add_argument("--version", action="version", version=f"ketch {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help=f"TOML configuration (default: $KETCH_CONFIG or {DEFAULT_CONFIG_PATH})",
+    )
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
 
     p = sub.add_parser("convert", help="convert an OCI image to a Ketch image")
@@ -521,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.command = command
     run: Callable[[argparse.Namespace], int] = args.run
     try:
+        _apply_config(args, load_config(args.config))
         return run(args)
     except KetchError as exc:
         print(f"ketch: error: {exc.message}", file=sys.stderr)

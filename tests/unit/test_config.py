@@ -1,0 +1,69 @@
+"""The TOML configuration: defaults, every key of the example, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ketch.config import Config, load_config, parse_config
+from ketch.errors import UsageError
+
+EXAMPLE = Path(__file__).parents[2] / "docs" / "config.example.toml"
+
+
+def test_example_parses_to_the_defaults() -> None:
+    assert parse_config(EXAMPLE.read_text()) == Config()
+
+
+def test_values_and_mirrors() -> None:
+    config = parse_config(
+        """
+        [cache]
+        size = "10G"
+        [registry]
+        tls_verify = false
+        timeout = 5
+        [[registry.mirrors]]
+        url = "http://127.0.0.1:5001"
+        [[registry.mirrors]]
+        url = "http://127.0.0.1:5002"
+        host = "docker.io"
+        """
+    )
+    assert config.cache.size == "10G"
+    assert config.registry.tls_verify is False
+    assert config.registry.timeout == 5
+    assert [m.url for m in config.registry.mirrors] == [
+        "http://127.0.0.1:5001",
+        "http://127.0.0.1:5002",
+    ]
+    assert config.registry.mirrors[1].host == "docker.io"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[cache]\nsise = '1G'\n", "cache.sise: unknown key"),
+        ("[cahce]\n", "unknown section"),
+        ("[registry]\ntls_verify = 'no'\n", "expected bool, found str"),
+        ("[registry]\nretries = true\n", "expected int, found bool"),
+        ("[registry]\nmirrors = 'x'\n", "expected an array of tables"),
+        ("[[registry.mirrors]]\nurll = 'x'\n", "mirrors[0].urll: unknown key"),
+        ("cache = [", "not valid TOML"),
+    ],
+)
+def test_mistakes_are_named(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(text, "test.toml")
+
+
+def test_load_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KETCH_CONFIG", raising=False)
+    with pytest.raises(UsageError, match="not found"):
+        load_config(tmp_path / "absent.toml")
+    path = tmp_path / "k.toml"
+    path.write_text("[cache]\ndir = '/srv/cache'\n")
+    assert load_config(path).cache.dir == "/srv/cache"
+    monkeypatch.setenv("KETCH_CONFIG", str(path))
+    assert load_config().cache.dir == "/srv/cache"
