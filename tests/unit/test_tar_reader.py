@@ -444,6 +444,19 @@ def test_bad_octal_is_refused(field: bytes) -> None:
         parse(fix_checksum(bytes(block)) + END)
 
 
+@pytest.mark.parametrize("typeflag", [th.REGULAR, th.CHAR])
+def test_bad_device_numbers_are_refused_on_any_entry(typeflag: bytes) -> None:
+    data = raw_header(b"n", typeflag, fields={"devminor": b"12x\0"}) + END
+    with pytest.raises(BadLayerError, match=r"offset 0: header device number"):
+        parse(data)
+
+
+def test_device_numbers_are_kept_for_devices_only() -> None:
+    fields = {"devmajor": b"0000010\0", "devminor": base256(70000, 8)}
+    data = raw_header(b"f", th.REGULAR, fields=fields) + raw_header(b"b", th.BLOCK, fields=fields)
+    assert [(h.devmajor, h.devminor) for h, _ in parse(data + END)] == [(0, 0), (8, 70000)]
+
+
 def test_base256_beyond_64_bits_is_refused() -> None:
     with pytest.raises(th.HeaderError):
         parse_number(b"\x80" + b"\x01" + bytes(10))

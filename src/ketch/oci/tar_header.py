@@ -28,11 +28,13 @@ pax header over 1 MiB (so memory stays bounded). A stream that ends exactly at a
 boundary ends the archive, as it does for Go and GNU tar; an empty stream is an empty
 archive.
 
-Performance notes: this is the convert's main thread, once per entry. The checksum sum
-is taken with ``zlib.adler32`` on each half of the block: its low 16 bits are one plus
-the byte sum modulo 65521, and a half sums to at most 256 * 255 = 65280, so the
-result is exact. The numeric fields of the usual header are all octal text, which one
-``bytes.translate`` checks before ``int(..., 8)`` reads them.
+Performance notes: this runs on the convert's main thread, once per entry. The block's
+byte sum is taken with ``zlib.adler32`` on each half of the block: its low 16 bits are
+one plus the byte sum modulo 65521, and a half sums to at most 256 * 255 = 65280, so
+the result is exact. The numeric fields of the usual header are all octal text, which
+one ``bytes.translate`` checks before ``int(..., 8)`` reads them. Skipped data is read,
+not seeked over: ``LayerStream.seek`` reads anyway, and only a read tells a stream that
+ends early.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ import base64
 import binascii
 import re
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
+from zlib import adler32
 
 from ketch.errors import BadLayerError, UnsupportedError
 
@@ -73,6 +75,7 @@ GNU_SPARSE = b"S"
 
 # Entries that have no data, whatever their size field says (POSIX; Go agrees).
 _HEADER_ONLY = frozenset({HARDLINK, SYMLINK, CHAR, BLOCK, DIRECTORY, FIFO})
+_DEVICES = frozenset({CHAR, BLOCK})
 _META = frozenset({PAX_LOCAL, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK})
 
 HEADER = struct.Struct(
@@ -98,6 +101,7 @@ _USTAR_MAGIC = b"ustar\0"
 _STAR_TRAILER = b"tar\0"  # star's ustar variant: the prefix field is 131 bytes
 _STAR_PREFIX = 131
 _NUMERIC = slice(100, 156)  # mode, uid, gid, size, mtime, chksum: one contiguous run
+_DEVICE_NUMBERS = slice(329, 345)  # devmajor, devminor
 _OCTAL_TEXT = b"01234567 \0"
 _HIGH_BYTES = bytes(range(128, 256))
 _CHKSUM_AS_SPACES = 8 * 0x20
@@ -167,7 +171,7 @@ def parse_octal(field: bytes) -> int:
 def block_sum(block: bytes) -> int:
     """The unsigned byte sum of a 512-byte block (see the module notes)."""
     view = memoryview(block)
-    return (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
+    return (adler32(view[:256]) & 0xFFFF) + (adler32(view[256:]) & 0xFFFF) - 2
 
 
 def checksum_matches(block: bytes, field: bytes, expected: int) -> bool:
@@ -384,55 +388,14 @@ class TarHeaderReader:
             if block == ZERO_BLOCK:
                 self._end(offset)
                 return None
-            (
-                name,
-                mode,
-                uid,
-                gid,
-                size,
-                mtime,
-                chksum,
-                typeflag,
-                linkname,
-                magic,
-                _version,
-                _uname,
-                _gname,
-                devmajor,
-                devminor,
-                prefix,
-            ) = HEADER.unpack(block)
-            numbers: tuple[int, ...] | None = None
-            if not block[_NUMERIC].translate(None, _OCTAL_TEXT):
-                try:
-                    numbers = (
-                        int(mode.strip(b" \0") or b"0", 8),
-                        int(uid.strip(b" \0") or b"0", 8),
-                        int(gid.strip(b" \0") or b"0", 8),
-                        int(size.strip(b" \0") or b"0", 8),
-                        int(mtime.strip(b" \0") or b"0", 8),
-                        int(chksum.strip(b" \0") or b"0", 8),
-                    )
-                except ValueError:
-                    numbers = None  # a NUL or space inside a field: the careful way
-            n_chksum = numbers[5] if numbers is not None else self._checksum_field(offset, chksum)
-            if not checksum_matches(block, chksum, n_chksum):
-                raise self._bad(
-                    offset,
-                    f"header checksum: expected {n_chksum} (its checksum field), found "
-                    f"{block_sum(block) - sum(chksum) + _CHKSUM_AS_SPACES} (the sum of the "
-                    "block): not a tar header",
-                )
-            if numbers is None:
-                numbers = self._numbers(offset, mode, uid, gid, size, mtime)
-            n_mode, n_uid, n_gid, n_size, n_mtime = numbers[:5]
-            if n_size < 0:
-                raise self._bad(offset, f"header size {n_size} is negative")
+            typeflag, name, linkname, mode, uid, gid, size, sec, major, minor = self._decode(
+                offset, block
+            )
             data_offset = offset + BLOCK_SIZE
             if typeflag in _META:
                 self._name = _META_NAMES[typeflag].encode()
-                data = self._meta_data(offset, n_size, _META_NAMES[typeflag])
-                self._next = data_offset + (-n_size % BLOCK_SIZE) + n_size
+                data = self._meta_data(offset, size, _META_NAMES[typeflag])
+                self._next = data_offset + size + (-size % BLOCK_SIZE)
                 if typeflag == PAX_LOCAL:
                     local = self._pax(offset, data)
                 elif typeflag == PAX_GLOBAL:
@@ -443,18 +406,12 @@ class TarHeaderReader:
                     long_link = cstring(data)
                 continue
 
-            name = cstring(name)
-            if magic == _USTAR_MAGIC and prefix[0]:
-                if block[508:] == _STAR_TRAILER:
-                    prefix = prefix[:_STAR_PREFIX]
-                name = cstring(prefix) + b"/" + name
-            linkname = cstring(linkname)
-            sec, nsec = n_mtime, 0
+            nsec = 0
             xattrs: dict[bytes, bytes] = {}
             records = {**self._globals, **local} if local is not None else self._globals
             if records:
-                name, linkname, n_uid, n_gid, n_size, sec, nsec, xattrs = self._apply_pax(
-                    offset, records, name, linkname, n_uid, n_gid, n_size, sec
+                name, linkname, uid, gid, size, sec, nsec, xattrs = self._apply_pax(
+                    offset, records, name, linkname, uid, gid, size, sec
                 )
             if long_name:
                 name = long_name
@@ -468,30 +425,83 @@ class TarHeaderReader:
                     "are not supported"
                 )
             if typeflag in _HEADER_ONLY:
-                n_size = 0
-            dev_major = dev_minor = 0
-            if typeflag in (CHAR, BLOCK):
-                try:
-                    dev_major, dev_minor = parse_number(devmajor), parse_number(devminor)
-                except HeaderError as exc:
-                    raise self._bad(offset, f"device number: {exc}") from None
+                size = 0
+            if typeflag not in _DEVICES:
+                major = minor = 0
             self._name = name
-            self._data_left = n_size
-            self._next = data_offset + n_size + (-n_size % BLOCK_SIZE)
+            self._data_left = size
+            self._next = data_offset + size + (-size % BLOCK_SIZE)
             return TarHeader(
-                typeflag,
-                name,
-                linkname,
-                n_mode,
-                n_uid,
-                n_gid,
-                n_size,
-                sec,
-                nsec,
-                dev_major,
-                dev_minor,
-                xattrs,
+                typeflag, name, linkname, mode, uid, gid, size, sec, nsec, major, minor, xattrs
             )
+
+    def _decode(
+        self, offset: int, block: bytes
+    ) -> tuple[bytes, bytes, bytes, int, int, int, int, int, int, int]:
+        """A header block's fields, checked: typeflag, name (with the ustar prefix),
+        linkname, mode, uid, gid, size, mtime, devmajor, devminor."""
+        (
+            name,
+            mode,
+            uid,
+            gid,
+            size,
+            mtime,
+            chksum,
+            typeflag,
+            linkname,
+            magic,
+            _version,
+            _uname,
+            _gname,
+            devmajor,
+            devminor,
+            prefix,
+        ) = HEADER.unpack(block)
+        numbers: tuple[int, ...] | None = None
+        if not block[_NUMERIC].translate(None, _OCTAL_TEXT):
+            try:
+                numbers = (
+                    int(mode.strip(b" \0") or b"0", 8),
+                    int(uid.strip(b" \0") or b"0", 8),
+                    int(gid.strip(b" \0") or b"0", 8),
+                    int(size.strip(b" \0") or b"0", 8),
+                    int(mtime.strip(b" \0") or b"0", 8),
+                    int(chksum.strip(b" \0") or b"0", 8),
+                )
+            except ValueError:
+                numbers = None  # a NUL or a space inside a field: the careful way
+        expected = numbers[5] if numbers is not None else self._checksum_field(offset, chksum)
+        view = memoryview(block)  # block_sum, inline: this runs once per entry
+        found = (adler32(view[:256]) & 0xFFFF) + (adler32(view[256:]) & 0xFFFF) - 2
+        found += _CHKSUM_AS_SPACES - sum(chksum)
+        if found != expected and not checksum_matches(block, chksum, expected):
+            raise self._bad(
+                offset,
+                f"header checksum: expected {expected} (its checksum field), found {found} "
+                "(the sum of the block): not a tar header",
+            )
+        if numbers is None:
+            numbers = self._numbers(offset, mode, uid, gid, size, mtime)
+        n_mode, n_uid, n_gid, n_size, n_mtime = numbers[:5]
+        if n_size < 0:
+            raise self._bad(offset, f"header size {n_size} is negative")
+        major = minor = 0
+        if typeflag in _DEVICES or block[_DEVICE_NUMBERS].translate(None, _OCTAL_TEXT):
+            # Read from every header, as Go does; only a device keeps them.
+            try:
+                major, minor = parse_number(devmajor), parse_number(devminor)
+            except HeaderError as exc:
+                raise self._bad(offset, f"header device number: {exc}") from None
+        if (nul := name.find(b"\0")) >= 0:
+            name = name[:nul]
+        if magic == _USTAR_MAGIC and prefix[0]:
+            if block[508:] == _STAR_TRAILER:
+                prefix = prefix[:_STAR_PREFIX]
+            name = cstring(prefix) + b"/" + name
+        if (nul := linkname.find(b"\0")) >= 0:
+            linkname = linkname[:nul]
+        return typeflag, name, linkname, n_mode, n_uid, n_gid, n_size, n_mtime, major, minor
 
     def _checksum_field(self, offset: int, field: bytes) -> int:
         try:

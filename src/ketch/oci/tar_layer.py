@@ -3,7 +3,9 @@
 Paths are cleaned as umoci does (leading ``/`` dropped, ``.`` and ``..`` resolved, a
 ``..`` at the root stays at the root), so no path can leave the root. Whiteouts
 (``.wh.NAME``) and opaque markers (``.wh..wh..opq``) become entries of their own kind.
-Nothing here touches the local filesystem: entries and their data are only read.
+Nothing here touches the local filesystem: entries and their data are only read. The tar
+format itself (headers, pax records, GNU long names, the end of the archive) is read by
+``tar_header``; this module gives its entries their OCI meaning.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from ketch.errors import BadLayerError, KetchError, UnsupportedError
+from ketch.errors import BadLayerError, UnsupportedError
 from ketch.oci import tar_header as th
 from ketch.oci.tar_header import TarHeader, TarHeaderReader
 
@@ -22,6 +24,7 @@ WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
 
 Path_ = tuple[bytes, ...]
+_UINT32_MAX = (1 << 32) - 1  # uid_t and gid_t
 
 
 class EntryKind(enum.Enum):
@@ -91,9 +94,6 @@ def clean_path(raw: bytes) -> Path_:
     return tuple(out)
 
 
-_UINT32_MAX = (1 << 32) - 1
-
-
 def _show(name: bytes) -> str:
     """A raw name as messages have always shown it (tarfile's str, repr'd)."""
     return repr(name.decode("utf-8", "surrogateescape"))
@@ -102,9 +102,8 @@ def _show(name: bytes) -> str:
 def _check_xattrs(xattrs: dict[bytes, bytes], name: bytes, layer: str) -> None:
     for key in xattrs:
         if not key or len(key) > 255 or b"\0" in key:
-            raise BadLayerError(
-                f"layer {layer}: {name.decode('utf-8', 'surrogateescape')}: xattr name {key!r} is not valid"
-            )
+            shown = name.decode("utf-8", "surrogateescape")
+            raise BadLayerError(f"layer {layer}: {shown}: xattr name {key!r} is not valid")
 
 
 def _entry(header: TarHeader, layer: str) -> LayerEntry:
@@ -190,9 +189,7 @@ class LayerReader:
         try:
             while (header := next_header()) is not None:
                 yield _entry(header, layer)
-        except KetchError:
-            raise
-        except (EOFError, OSError) as exc:
+        except (EOFError, OSError) as exc:  # from the stream; a KetchError passes as is
             raise BadLayerError(f"layer {layer}: broken tar: {exc}") from None
 
     def read_data(self, block_size: int) -> Iterator[bytes]:
@@ -204,7 +201,5 @@ class LayerReader:
         """
         try:
             yield from self._tar.read_data(block_size)
-        except KetchError:
-            raise
         except (EOFError, OSError) as exc:
             raise BadLayerError(f"layer {self.layer}: broken data: {exc}") from None
