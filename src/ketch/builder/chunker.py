@@ -41,15 +41,24 @@ class FixedChunker(Chunker):
     def chunkify(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
         size = self.chunk_size
         pending = bytearray()
+        held: bytes | None = None  # a short block kept as is, in case it is the last
         for block in blocks:
+            if held is not None:
+                pending += held
+                held = None
             if not pending and len(block) == size:
-                yield block
+                yield block  # the common case: no copy at all
+                continue
+            if not pending and len(block) < size:
+                held = block
                 continue
             pending += block
             while len(pending) >= size:
                 yield bytes(pending[:size])
                 del pending[:size]
-        if pending:
+        if held is not None:
+            yield held  # a file smaller than a chunk: no copy either
+        elif pending:
             yield bytes(pending)
 
 

@@ -30,6 +30,10 @@ from ketch.oci.tar_layer import EntryKind, LayerEntry
 # A file's data: call with a block size, get its bytes in blocks.
 DataSource = Callable[[int], Iterable[bytes]]
 _IN_FLIGHT_BYTES = 64 << 20
+_BATCH_BYTES = 1 << 20
+_BATCH_CHUNKS = 64
+# (digest, (stored bytes, codec) unless the chunk was already known, uncompressed size)
+_Processed = tuple[bytes, tuple[bytes, int] | None, int]
 _READ_BLOCK = 1 << 20
 
 
@@ -70,7 +74,10 @@ class LayerBuilder:
         self._pool = pool
         self._on_bytes = on_bytes
 
-    def _hash_and_compress(self, data: bytes) -> tuple[bytes, tuple[bytes, int] | None, int]:
+    def _process_batch(self, chunks: list[bytes]) -> list[_Processed]:
+        return [self._hash_and_compress(chunk) for chunk in chunks]
+
+    def _hash_and_compress(self, data: bytes) -> _Processed:
         """Digest, then (stored bytes, codec) unless the chunk is already known."""
         digest = self._algo.digest(data)
         if digest in self._index:
@@ -104,28 +111,40 @@ class LayerBuilder:
         spool = BlobWriter(spool_file, self._algo)
         new: dict[bytes, ChunkLocation] = {}
         arrival: list[bytes] = []
-        inflight: deque[tuple[Node, Future[tuple[bytes, tuple[bytes, int] | None, int]]]] = deque()
+        # Chunks go to the pool in batches: one task per small file's chunk would cost
+        # the main thread more in task handling than the hashing costs the worker.
+        inflight: deque[tuple[list[Node], Future[list[_Processed]]]] = deque()
+        batch_nodes: list[Node] = []
+        batch_chunks: list[bytes] = []
+        batch_bytes = 0
         inflight_bytes = 0
         file_bytes = 0
+        progress = 0  # bytes not yet reported
         seen = 0
+
+        def flush() -> None:
+            nonlocal batch_nodes, batch_chunks, batch_bytes
+            if batch_chunks:
+                inflight.append((batch_nodes, self._pool.submit(self._process_batch, batch_chunks)))
+                batch_nodes, batch_chunks, batch_bytes = [], [], 0
 
         def settle() -> None:
             nonlocal inflight_bytes, seen
-            node, future = inflight.popleft()
-            digest, compressed, size = future.result()
-            inflight_bytes -= size
-            seen += 1
-            node.chunks.append((digest, size))
-            if digest in self._index:
-                return
-            if compressed is None:  # cannot happen: the index only grows
-                raise BadLayerError(f"layer {name}: chunk {digest.hex()} lost its data")
-            stored, codec_id = compressed
-            entry = spool.add(digest, stored, size, codec_id)
-            location = ChunkLocation(None, entry.compressed_offset, len(stored), size, codec_id)
-            self._index.add(digest, location)
-            new[digest] = location
-            arrival.append(digest)
+            nodes, future = inflight.popleft()
+            for node, (digest, compressed, size) in zip(nodes, future.result(), strict=True):
+                inflight_bytes -= size
+                seen += 1
+                node.chunks.append((digest, size))
+                if digest in self._index:
+                    continue
+                if compressed is None:  # cannot happen: the index only grows
+                    raise BadLayerError(f"layer {name}: chunk {digest.hex()} lost its data")
+                stored, codec_id = compressed
+                entry = spool.add(digest, stored, size, codec_id)
+                location = ChunkLocation(None, entry.compressed_offset, len(stored), size, codec_id)
+                self._index.add(digest, location)
+                new[digest] = location
+                arrival.append(digest)
 
         try:
             for entry, data in entries:
@@ -137,13 +156,21 @@ class LayerBuilder:
                     continue
                 node = Node.from_entry(entry)
                 for chunk in self._chunker.chunkify(data(_READ_BLOCK)):
-                    inflight.append((node, self._pool.submit(self._hash_and_compress, chunk)))
+                    batch_nodes.append(node)
+                    batch_chunks.append(chunk)
+                    batch_bytes += len(chunk)
                     inflight_bytes += len(chunk)
                     file_bytes += len(chunk)
-                    self._on_bytes(len(chunk))
-                    while inflight_bytes > _IN_FLIGHT_BYTES:
+                    progress += len(chunk)
+                    if batch_bytes >= _BATCH_BYTES or len(batch_chunks) >= _BATCH_CHUNKS:
+                        flush()
+                        self._on_bytes(progress)
+                        progress = 0
+                    while inflight_bytes > _IN_FLIGHT_BYTES and inflight:
                         settle()
                 changes.add(entry, node)
+            flush()
+            self._on_bytes(progress)
             while inflight:
                 settle()
         finally:

@@ -256,15 +256,15 @@ class LayerStream:
             data = bytes(self._buffer[:n])
             self._buffer = self._buffer[n:]
         else:
-            parts = [bytes(self._buffer)]
+            parts = [self._buffer]
             got = len(self._buffer)
             self._buffer = memoryview(b"")
             while got < n and self._next_block():
                 piece = self._buffer[: n - got]
-                parts.append(bytes(piece))
+                parts.append(piece)
                 got += len(piece)
                 self._buffer = self._buffer[len(piece) :]
-            data = b"".join(parts)
+            data = b"".join(parts)  # one copy, of views into the blocks
         self.uncompressed_bytes += len(data)
         return data
 
