@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ketch.builder.chunker import make_chunker
+from ketch.builder.chunker import DEFAULT_CHUNK_SIZE, make_chunker
+from ketch.cli.main import DEFAULT_CHUNK_SIZE as CLI_DEFAULT
 from ketch.errors import UsageError
 
 
@@ -52,3 +53,7 @@ def test_cdc_insertion_shifts_only_nearby_chunks() -> None:
 def test_chunk_size_must_be_a_power_of_two_in_range(size: int) -> None:
     with pytest.raises(UsageError, match="chunk size"):
         make_chunker("fixed", size)
+
+
+def test_cli_default_chunk_size_is_the_builders() -> None:
+    assert CLI_DEFAULT == DEFAULT_CHUNK_SIZE

@@ -1,0 +1,80 @@
+"""ketch convert and ketch build."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ketch.builder.image_builder import BuildOptions, BuildSummary, ImageBuilder
+from ketch.cli.image_commands import open_image
+from ketch.cli.progress import RichProgress
+from ketch.cli.values import human_size
+from ketch.oci.manifest import Platform
+from ketch.storage.open import open_store
+
+
+def _build_options(args: argparse.Namespace) -> BuildOptions:
+    return BuildOptions(
+        chunker=args.chunker,
+        chunk_size=args.chunk_size,
+        compressor=args.compressor,
+        compression_level=args.compression_level,
+        digest=args.digest,
+        source_date_epoch=args.source_date_epoch,
+        workers=max(1, args.workers),
+        chunk_dicts=[open_image(ref) for ref in args.chunk_dict],
+        platform=Platform.parse(args.platform) if getattr(args, "platform", None) else None,
+    )
+
+
+def _print_build(summary: BuildSummary, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary.to_json(), indent=2))
+        return
+    print(f"{summary.reference}")
+    print(f"  manifest    {summary.manifest_digest}")
+    print(f"  root        {summary.root_digest}")
+    print(f"  bootstrap   {summary.bootstrap_digest} ({human_size(summary.bootstrap_size)})")
+    for layer in summary.layers:
+        stored = f"{layer.blob[:19]} {human_size(layer.blob_size)}" if layer.blob else "nothing new"
+        print(
+            f"  layer {layer.source[:19]:<19}  {human_size(layer.file_bytes):>10} in "
+            f"{layer.chunks} chunks, {layer.stored_chunks} new -> {stored}"
+        )
+    ratio = summary.stored_bytes / summary.file_bytes if summary.file_bytes else 0.0
+    print(
+        f"  {human_size(summary.file_bytes)} of file data stored as {human_size(summary.stored_bytes)} "
+        f"({ratio:.0%}) in {summary.seconds:.1f}s"
+    )
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    source, source_tag = open_store(args.source)
+    dest, dest_tag = open_store(args.dest, create=True)
+    options = _build_options(args)
+    with RichProgress(enabled=None if not args.json else False) as progress:
+        builder = ImageBuilder(dest, options, progress)
+        _, source_digest, config = builder.convert(source, source_tag)
+        summary = builder.finish(dest_tag, config=config, source_manifest=source_digest)
+    _print_build(summary, args.json)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    dest, dest_tag = open_store(args.dest, create=True)
+    options = _build_options(args)
+    config: dict[str, Any] = {"architecture": "amd64", "os": "linux", "config": {}}
+    if args.cmd:
+        config["config"]["Cmd"] = args.cmd
+    if args.env:
+        config["config"]["Env"] = args.env
+    if args.workdir:
+        config["config"]["WorkingDir"] = args.workdir
+    with RichProgress(enabled=None if not args.json else False) as progress:
+        builder = ImageBuilder(dest, options, progress)
+        builder.add_directory(Path(args.rootfs))
+        summary = builder.finish(dest_tag, config=config)
+    _print_build(summary, args.json)
+    return 0

@@ -1,0 +1,124 @@
+"""ketch unpack, ketch inspect and ketch check: reading an image back."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ketch.cli.progress import RichProgress
+from ketch.cli.values import human_size
+from ketch.fs.check import check_image
+from ketch.fs.image_fs import ImageFS
+from ketch.fs.summary import entry_summary, image_summary
+from ketch.fs.unpack import unpack
+from ketch.storage.chunk_reader import ChunkReader
+from ketch.storage.ketch_image import KetchImage, open_ketch_image
+from ketch.storage.open import open_store
+
+
+def open_image(reference: str) -> KetchImage:
+    store, tag = open_store(reference)
+    return open_ketch_image(store, tag)
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    image = open_image(args.image)
+    reader = ChunkReader(image.store, image.bootstrap.digest_algorithm)
+    fs = ImageFS(image.bootstrap, reader)
+    total = image_summary(image)["bytes"]
+    with RichProgress(enabled=None if not args.json else False) as progress:
+        task = progress.bytes_task("unpack", total)
+        files = unpack(fs, Path(args.dest), lambda n: progress.advance_task(task, n))
+    result = {
+        "reference": image.name,
+        "dest": args.dest,
+        "files": files,
+        "bytes": total,
+        "fetched_bytes": reader.backend_bytes,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"unpacked {image.name} to {args.dest}: {files} files, {human_size(total)}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    image = open_image(args.image)
+    if args.path:
+        entry = entry_summary(image.bootstrap, args.path)
+        if args.json:
+            print(json.dumps(entry, indent=2))
+        else:
+            _print_entry(entry)
+        return 0
+    summary = image_summary(image)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(summary["reference"])
+    print(f"  manifest       {summary['manifest_digest']}")
+    print(f"  root digest    {summary['root_digest']}")
+    print(
+        f"  bootstrap      {summary['bootstrap']['digest']} ({human_size(summary['bootstrap']['size'])})"
+    )
+    print(f"  chunking       {summary['chunker']}, {human_size(summary['chunk_size'])}")
+    print(
+        f"  tree           {summary['files']} files, {summary['directories']} directories, "
+        f"{summary['symlinks']} symlinks, {summary['other']} other"
+    )
+    print(
+        f"  file data      {human_size(summary['bytes'])} in {summary['chunks']} chunks, "
+        f"{summary['unique_chunks']} unique ({human_size(summary['unique_bytes'])})"
+    )
+    print(
+        f"  stored         {human_size(summary['stored_bytes'])} in {len(summary['blobs'])} blobs"
+    )
+    for blob in summary["blobs"]:
+        print(f"    {blob['digest']}  {human_size(blob['size']):>10}  {blob['chunks']} chunks")
+    return 0
+
+
+def _print_entry(entry: dict[str, Any]) -> None:
+    for key, value in entry.items():
+        if key == "chunks":
+            print(f"  chunks ({len(value)}):")
+            for chunk in value:
+                print(
+                    f"    @{chunk['file_offset']:<12} {chunk['size']:>9} B  {chunk['digest'][:16]}  "
+                    f"{chunk['blob'][:19]}+{chunk['compressed_offset']} ({chunk['compressed_size']} B)"
+                )
+        else:
+            print(f"  {key:<8} {value}")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    image = open_image(args.image)
+    with RichProgress(enabled=None if not args.json else False) as progress:
+        task = progress.bytes_task("check", image_summary(image)["unique_bytes"])
+        report = check_image(image, lambda n: progress.advance_task(task, n))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "reference": image.name,
+                    "ok": report.ok,
+                    "blobs": report.blobs,
+                    "chunks": report.chunks,
+                    "bytes": report.bytes,
+                    "problems": report.problems,
+                },
+                indent=2,
+            )
+        )
+    else:
+        for problem in report.problems:
+            print(f"FAIL {problem}")
+        state = "ok" if report.ok else f"{len(report.problems)} problems"
+        print(
+            f"{image.name}: {state}: bootstrap and {report.blobs} blobs, {report.chunks} chunks, "
+            f"{human_size(report.bytes)} verified"
+        )
+    return 0 if report.ok else 4

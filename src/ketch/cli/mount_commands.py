@@ -1,0 +1,132 @@
+"""ketch mount, umount, status and run: the daemon's commands.
+
+FUSE and trio are imported only by the process that serves a mount.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ketch.cli.values import human_size
+from ketch.daemon.launcher import start_detached, unmount
+from ketch.daemon.state import default_log_file, read_record
+from ketch.errors import NotFoundError
+
+
+def _run_daemon(args: argparse.Namespace, mountpoint: Path) -> int:
+    from ketch.daemon.service import DaemonConfig, run_daemon  # noqa: PLC0415 - FUSE, trio
+
+    config = DaemonConfig(
+        image=args.image,
+        mountpoint=mountpoint,
+        cache_dir=args.cache_dir,
+        cache_size=args.cache_size,
+        api_sock=getattr(args, "api_sock", None),
+        prefetch_file=args.prefetch_file,
+        ready_fd=getattr(args, "ready_fd", None),
+    )
+    return run_daemon(config)
+
+
+def _mount_command(args: argparse.Namespace, mountpoint: Path) -> list[str]:
+    """The same mount, as a foreground daemon command line for the launcher."""
+    command = [
+        sys.executable,
+        "-m",
+        "ketch.cli.main",
+        "mount",
+        args.image,
+        str(mountpoint),
+        "--foreground",
+        "--cache-dir",
+        str(args.cache_dir),
+        "--cache-size",
+        str(args.cache_size),
+    ]
+    if getattr(args, "api_sock", None):
+        command += ["--api-sock", str(args.api_sock)]
+    if args.prefetch_file:
+        command += ["--prefetch-file", str(args.prefetch_file.absolute())]
+    return command
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    mountpoint = Path(args.mountpoint).absolute()
+    if args.foreground:
+        return _run_daemon(args, mountpoint)
+    log_file = default_log_file(mountpoint)
+    pid = start_detached(_mount_command(args, mountpoint), log_file)
+    record = read_record(mountpoint)
+    result = {
+        "mountpoint": str(mountpoint),
+        "image": args.image,
+        "pid": pid,
+        "api_sock": record.api_sock if record else None,
+        "log_file": str(log_file),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"mounted {args.image} at {mountpoint} (pid {pid}, api {result['api_sock']})")
+    return 0
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    mountpoint = Path(args.mountpoint).absolute()
+    record = unmount(mountpoint)
+    print(f"unmounted {mountpoint}" + (f" (daemon {record.pid} stopped)" if record else ""))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ketch.daemon.api import api_get  # noqa: PLC0415 - trio
+
+    mountpoint = Path(args.mountpoint).absolute()
+    record = read_record(mountpoint)
+    if record is None or not record.alive():
+        raise NotFoundError(f"{mountpoint}: no live Ketch mount")
+    sock = Path(record.api_sock)
+    daemon = json.loads(api_get(sock, "/api/v1/daemon"))
+    files = json.loads(api_get(sock, "/api/v1/files"))
+    metrics = {}
+    for line in api_get(sock, "/metrics").decode().splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.split()
+            metrics[name] = float(value)
+    if args.json:
+        print(json.dumps({"daemon": daemon, "metrics": metrics, "files": files}, indent=2))
+        return 0
+    mount = daemon["mounts"][0]
+    print(f"{mountpoint}: {mount['image']} (pid {daemon['pid']})")
+    print(f"  root digest     {mount['root_digest']}")
+    print(f"  fetched         {human_size(metrics.get('ketch_backend_read_bytes_total', 0))}")
+    print(
+        f"  read by users   {human_size(metrics.get('ketch_read_bytes_total', 0))} from {len(files)} files"
+    )
+    print(
+        f"  chunk cache     {int(metrics.get('ketch_cache_hits_total', 0))} hits, "
+        f"{int(metrics.get('ketch_cache_misses_total', 0))} misses"
+    )
+    print(f"  verify failures {int(metrics.get('ketch_chunk_verify_failures_total', 0))}")
+    for entry in files[: args.files]:
+        print(
+            f"    {entry['first_access_ms']:>10.1f} ms  {human_size(entry['bytes_read']):>10}  {entry['path']}"
+        )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ketch.daemon.container_run import RunRequest, run_in_image  # noqa: PLC0415 - trio
+
+    command = list(args.command)
+    request = RunRequest(
+        image=args.image,
+        args=command or None,
+        name=args.name,
+        remove_mount=args.rm_mount,
+        mount_command=lambda mountpoint: _mount_command(args, mountpoint),
+    )
+    return run_in_image(request)
