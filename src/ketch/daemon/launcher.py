@@ -48,9 +48,16 @@ def start_detached(command: list[str], log_file: Path, timeout: float = 120.0) -
                     return process.pid
     finally:
         os.close(read_end)
-    if process.poll() is None and not message:
-        process.kill()
-        raise StorageError(f"daemon did not become ready in {timeout:.0f}s (log: {log_file})")
+    if not message:
+        # The pipe closed without a word: the daemon died, or is about to.
+        try:
+            process.wait(timeout=2 if time.monotonic() < deadline else 0.1)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+            raise StorageError(
+                f"daemon did not become ready in {timeout:.0f}s (log: {log_file})"
+            ) from None
     process.wait(timeout=10)
     text = message.decode(errors="replace").strip()
     if text.startswith("error "):
@@ -59,8 +66,17 @@ def start_detached(command: list[str], log_file: Path, timeout: float = 120.0) -
         error.exit_code = int(code) if code.isdigit() else 1
         raise error
     raise StorageError(
-        f"daemon exited with {process.returncode} before it was ready (log: {log_file})"
+        f"daemon exited with {process.returncode} before it was ready: {_last_line(log_file)} "
+        f"(log: {log_file})"
     )
+
+
+def _last_line(log_file: Path) -> str:
+    try:
+        lines = log_file.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no log"
 
 
 def signal_ready(fd: int | None, error: KetchError | None = None) -> None:

@@ -193,12 +193,27 @@ def run_daemon(config: DaemonConfig) -> int:
     _setup_logging()
     config.mountpoint = config.mountpoint.absolute()
     ready_fd = config.ready_fd
+    api: ApiServer | None = None
     try:
         _check_mountpoint(config.mountpoint)
         prefetch = _read_prefetch_list(config.prefetch_file)
         store, tag = open_store(config.image)
         image = open_ketch_image(store, tag, cache_dir=config.cache_dir / "bootstraps")
         daemon = _Daemon(config, image)
+        # The socket first: anything that can fail does so before the mount exists.
+        try:
+            api = ApiServer(
+                daemon.api_sock,
+                {
+                    "/api/v1/daemon": json_route(daemon.daemon_info),
+                    "/api/v1/files": json_route(daemon.trace.files),
+                    "/metrics": daemon.render_metrics,
+                },
+            )
+        except OSError as exc:
+            raise StorageError(
+                f"{daemon.api_sock}: cannot serve the control API: {exc.strerror}"
+            ) from None
         options = set(pyfuse3.default_options) | {
             "fsname=ketch",
             "subtype=ketch",
@@ -211,16 +226,10 @@ def run_daemon(config: DaemonConfig) -> int:
             raise StorageError(f"{config.mountpoint}: FUSE mount failed: {exc}") from None
     except KetchError as exc:
         log.error("mount failed error=%r", exc.message)
+        if api is not None:
+            api.stop()
         signal_ready(ready_fd, exc)
         return exc.exit_code
-    api = ApiServer(
-        daemon.api_sock,
-        {
-            "/api/v1/daemon": json_route(daemon.daemon_info),
-            "/api/v1/files": json_route(daemon.trace.files),
-            "/metrics": daemon.render_metrics,
-        },
-    )
     api.start()
     bootstrap = image.bootstrap
     write_record(
