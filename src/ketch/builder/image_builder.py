@@ -108,6 +108,7 @@ class ImageBuilder:
         self.tree = Tree()
         self.layers: list[LayerSummary] = []
         self.layer_blobs: list[tuple[str, int, int]] = []  # (digest, size, chunks) in layer order
+        self.source_descriptor: Descriptor | None = None  # the manifest ``convert`` read
         self._started = time.monotonic()
 
     # -- sources ----------------------------------------------------------------------
@@ -115,6 +116,7 @@ class ImageBuilder:
     def convert(self, source: ImageStore, tag: str) -> tuple[Manifest, str, dict[str, Any]]:
         """Add every layer of an OCI image; its manifest, digest and config."""
         descriptor, manifest, _ = source.resolve(tag, self.options.platform)
+        self.source_descriptor = Descriptor(manifest.media_type, descriptor.digest, descriptor.size)
         config = load_json(
             source.read_blob(manifest.config.digest, max_size=4 << 20), "image config"
         )
@@ -247,11 +249,18 @@ class ImageBuilder:
         annotations = {mt.ANNOTATION_KETCH_ROOT: root_digest}
         if source_manifest:
             annotations[mt.ANNOTATION_KETCH_SOURCE] = source_manifest
+        # The converted image names its source manifest as its OCI ``subject`` too, so a
+        # registry lists it among the source's referrers.
+        source = self.source_descriptor
+        subject = None
+        if source_manifest and source is not None and source.digest == source_manifest:
+            subject = Descriptor(source.media_type, source.digest, source.size)
         manifest = Manifest(
             mt.OCI_MANIFEST,
             Descriptor(mt.OCI_CONFIG, config_digest, len(config_bytes)),
             layers,
             annotations,
+            subject,
         )
         manifest_bytes = manifest.to_bytes()
         descriptor = self.dest.put_manifest(manifest_bytes, mt.OCI_MANIFEST, tag)
