@@ -10,9 +10,10 @@ from typing import Any
 from ketch.builder.image_builder import BuildOptions, BuildSummary, ImageBuilder
 from ketch.cli.image_commands import open_image
 from ketch.cli.progress import RichProgress
+from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size
 from ketch.oci.manifest import Platform
-from ketch.storage.open import open_store
+from ketch.storage.open import open_store_with
 
 
 def _build_options(args: argparse.Namespace) -> BuildOptions:
@@ -24,7 +25,10 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
         digest=args.digest,
         source_date_epoch=args.source_date_epoch,
         workers=max(1, args.workers),
-        chunk_dicts=[open_image(ref) for ref in args.chunk_dict],
+        chunk_dicts=[
+            open_image(ref, store_options(args, args.config_values, "dest"))
+            for ref in args.chunk_dict
+        ],
         platform=Platform.parse(args.platform) if getattr(args, "platform", None) else None,
     )
 
@@ -51,8 +55,12 @@ def _print_build(summary: BuildSummary, as_json: bool) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    source, source_tag = open_store(args.source)
-    dest, dest_tag = open_store(args.dest, create=True)
+    source, source_tag = open_store_with(
+        args.source, store_options(args, args.config_values, "src")
+    )
+    dest, dest_tag = open_store_with(
+        args.dest, store_options(args, args.config_values, "dest"), create=True
+    )
     options = _build_options(args)
     with RichProgress(enabled=None if not args.json else False) as progress:
         builder = ImageBuilder(dest, options, progress)
@@ -63,7 +71,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    dest, dest_tag = open_store(args.dest, create=True)
+    dest, dest_tag = open_store_with(
+        args.dest, store_options(args, args.config_values, "dest"), create=True
+    )
     options = _build_options(args)
     config: dict[str, Any] = {"architecture": "amd64", "os": "linux", "config": {}}
     if args.cmd:

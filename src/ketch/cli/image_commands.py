@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ketch.cli.progress import RichProgress
+from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size
 from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
@@ -15,16 +16,16 @@ from ketch.fs.summary import entry_summary, image_summary
 from ketch.fs.unpack import unpack
 from ketch.storage.chunk_reader import ChunkReader
 from ketch.storage.ketch_image import KetchImage, open_ketch_image
-from ketch.storage.open import open_store
+from ketch.storage.open import StoreOptions, open_store_with
 
 
-def open_image(reference: str) -> KetchImage:
-    store, tag = open_store(reference)
+def open_image(reference: str, options: StoreOptions) -> KetchImage:
+    store, tag = open_store_with(reference, options)
     return open_ketch_image(store, tag)
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    image = open_image(args.image)
+    image = open_image(args.image, store_options(args, args.config_values))
     reader = ChunkReader(image.store, image.bootstrap.digest_algorithm)
     fs = ImageFS(image.bootstrap, reader)
     total = image_summary(image)["bytes"]
@@ -46,7 +47,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    image = open_image(args.image)
+    image = open_image(args.image, store_options(args, args.config_values))
     if args.path:
         entry = entry_summary(image.bootstrap, args.path)
         if args.json:
@@ -95,7 +96,7 @@ def _print_entry(entry: dict[str, Any]) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    image = open_image(args.image)
+    image = open_image(args.image, store_options(args, args.config_values))
     with RichProgress(enabled=None if not args.json else False) as progress:
         task = progress.bytes_task("check", image_summary(image)["unique_bytes"])
         report = check_image(image, lambda n: progress.advance_task(task, n))

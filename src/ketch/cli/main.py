@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ketch import __version__
+from ketch.cli.store_options import add_store_options
 from ketch.cli.values import parse_command, parse_size
 from ketch.config import DEFAULT_CONFIG_PATH, Config, load_config
 from ketch.daemon.state import DEFAULT_CACHE_DIR
@@ -87,6 +88,7 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
 
 def _apply_config(args: argparse.Namespace, config: Config) -> None:
     """Fill options the command line left unset from the configuration file."""
+    args.config_values = config
     if hasattr(args, "cache_dir") and args.cache_dir is None:
         args.cache_dir = Path(config.cache.dir)
     if hasattr(args, "cache_size") and args.cache_size is None:
@@ -121,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--platform", help="OS/ARCH[/VARIANT] to pick from an index (default linux/amd64)"
     )
     _add_build_options(p)
+    add_store_options(p, sides=("src-", "dest-"))
     p.set_defaults(run="build_commands:cmd_convert")
 
     p = sub.add_parser("build", help="build a Ketch image from a directory")
@@ -136,18 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workdir", help="the image's working directory")
     _add_build_options(p)
+    add_store_options(p, sides=("dest-",))
     p.set_defaults(run="build_commands:cmd_build")
 
     p = sub.add_parser("unpack", help="write a Ketch image's tree to a directory")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("dest", metavar="DEST")
     p.add_argument("--json", action="store_true")
+    add_store_options(p)
     p.set_defaults(run="image_commands:cmd_unpack")
 
     p = sub.add_parser("inspect", help="show what a Ketch image holds, or one entry")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("path", metavar="PATH", nargs="?")
     p.add_argument("--json", action="store_true")
+    add_store_options(p)
     p.set_defaults(run="image_commands:cmd_inspect")
 
     p = sub.add_parser(
@@ -160,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", action="store_true", help="serve in this process, do not detach")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true")
+    add_store_options(p)
     p.set_defaults(run="mount_commands:cmd_mount")
 
     p = sub.add_parser("run", help="run a container on a lazily mounted Ketch image (runc)")
@@ -169,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rm-mount", action="store_true", help="unmount afterwards if this run mounted it"
     )
     _add_mount_options(p)
+    add_store_options(p)
     p.set_defaults(run="mount_commands:cmd_run", command=[])
     p.epilog = "Arguments after -- are the command to run instead of the image's Cmd."
 
@@ -185,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="verify the bootstrap and every chunk of every blob")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--json", action="store_true")
+    add_store_options(p)
     p.set_defaults(run="image_commands:cmd_check")
     return parser
 

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size
 from ketch.daemon.launcher import start_detached, unmount
 from ketch.daemon.state import default_log_file, read_record
@@ -27,6 +28,7 @@ def _run_daemon(args: argparse.Namespace, mountpoint: Path) -> int:
         api_sock=getattr(args, "api_sock", None),
         prefetch_file=args.prefetch_file,
         ready_fd=getattr(args, "ready_fd", None),
+        store_options=store_options(args, args.config_values),
     )
     return run_daemon(config)
 
@@ -46,6 +48,7 @@ def _mount_command(args: argparse.Namespace, mountpoint: Path) -> list[str]:
         "--cache-size",
         str(args.cache_size),
     ]
+    command += store_options(args, args.config_values).command_line()
     if getattr(args, "api_sock", None):
         command += ["--api-sock", str(args.api_sock)]
     if args.prefetch_file:
@@ -128,5 +131,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         name=args.name,
         remove_mount=args.rm_mount,
         mount_command=lambda mountpoint: _mount_command(args, mountpoint),
+        store_options=store_options(args, args.config_values),
     )
     return run_in_image(request)

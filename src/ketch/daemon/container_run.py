@@ -7,7 +7,7 @@ it, then runs the image's command with runc on an overlayfs upper over the mount
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ketch.daemon.launcher import start_detached, unmount
@@ -16,7 +16,7 @@ from ketch.errors import IntegrityError
 from ketch.oci.manifest import load_json
 from ketch.runtime.container import run_image
 from ketch.runtime.runc import new_container_id
-from ketch.storage.open import open_store
+from ketch.storage.open import StoreOptions, open_store_with
 
 
 @dataclass(slots=True)
@@ -26,6 +26,7 @@ class RunRequest:
     name: str | None
     remove_mount: bool
     mount_command: Callable[[Path], list[str]]  # the daemon command line for a mountpoint
+    store_options: StoreOptions = field(default_factory=StoreOptions)
 
 
 def _live_mount(manifest_digest: str) -> Path | None:
@@ -37,7 +38,7 @@ def _live_mount(manifest_digest: str) -> Path | None:
 
 def run_in_image(request: RunRequest) -> int:
     """Mount (or reuse a mount), run the container, clean up; the container's exit code."""
-    store, tag = open_store(request.image)
+    store, tag = open_store_with(request.image, request.store_options)
     descriptor, manifest, _ = store.resolve(tag)
     config = load_json(store.read_blob(manifest.config.digest, max_size=4 << 20), "image config")
     if not isinstance(config.get("config", {}), dict):

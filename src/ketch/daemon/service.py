@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyfuse3
@@ -42,7 +42,7 @@ from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import DEFAULT_MAX_MERGE, ChunkReader
 from ketch.storage.ketch_image import KetchImage, open_ketch_image
-from ketch.storage.open import open_store
+from ketch.storage.open import StoreOptions, open_store_with
 
 log = logging.getLogger("ketch.daemon")
 
@@ -60,6 +60,7 @@ class DaemonConfig:
     prefetch_file: Path | None = None
     ready_fd: int | None = None
     max_merge: int = DEFAULT_MAX_MERGE
+    store_options: StoreOptions = field(default_factory=StoreOptions)
 
 
 class _Daemon:
@@ -197,7 +198,7 @@ def run_daemon(config: DaemonConfig) -> int:
     try:
         _check_mountpoint(config.mountpoint)
         prefetch = _read_prefetch_list(config.prefetch_file)
-        store, tag = open_store(config.image)
+        store, tag = open_store_with(config.image, config.store_options)
         image = open_ketch_image(store, tag, cache_dir=config.cache_dir / "bootstraps")
         daemon = _Daemon(config, image)
         # The socket first: anything that can fail does so before the mount exists.

@@ -397,7 +397,8 @@ class ChunkCache:
         """Every entry on disk as digest -> (size, mtime ns); stale temp files removed."""
         found: dict[bytes, tuple[int, int]] = {}
         try:
-            buckets = list(os.scandir(self.directory))
+            with os.scandir(self.directory) as listing:  # closed even if listing fails
+                buckets = list(listing)
         except FileNotFoundError:
             return found
         for bucket in buckets:
@@ -406,7 +407,8 @@ class ChunkCache:
             try:
                 if not bucket.is_dir(follow_symlinks=False):
                     continue
-                names = list(os.scandir(bucket.path))
+                with os.scandir(bucket.path) as listing:
+                    names = list(listing)
             except OSError:
                 continue
             for item in names:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ketch.errors import UnsupportedError
@@ -13,11 +14,62 @@ from ketch.oci.reference import (
     parse_reference,
 )
 from ketch.storage.oci_layout_store import OciLayoutStore
-from ketch.storage.registry_client import RegistryClient, RegistryOptions
-from ketch.storage.registry_store import RegistryStore
 from ketch.storage.store import ImageStore
 
-_REGISTRY_DEFAULTS = RegistryOptions()
+# As RegistryOptions' defaults; the registry modules (httpx) load only when used.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 60.0
+DEFAULT_RETRIES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """How to reach a store, as the command line and the configuration say."""
+
+    creds: str | None = None
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    docker_config: Path | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    read_timeout: float = DEFAULT_READ_TIMEOUT
+    retries: int = DEFAULT_RETRIES
+    endpoint_url: str | None = None
+
+    def command_line(self) -> list[str]:
+        """The same options as `ketch` arguments, for a daemon started on our behalf."""
+        out = [
+            "--tls-verify",
+            "true" if self.tls_verify else "false",
+            "--retries",
+            str(self.retries),
+        ]
+        out += ["--timeout", str(self.read_timeout)]
+        if self.creds:
+            out += ["--creds", self.creds]
+        if self.ca_file:
+            out += ["--ca-file", str(self.ca_file)]
+        if self.docker_config:
+            out += ["--docker-config", str(self.docker_config)]
+        if self.endpoint_url:
+            out += ["--endpoint-url", self.endpoint_url]
+        return out
+
+
+def open_store_with(
+    reference: ImageReference | str, options: StoreOptions, *, create: bool = False
+) -> tuple[ImageStore, str]:
+    return open_store(
+        reference,
+        create=create,
+        creds=options.creds,
+        tls_verify=options.tls_verify,
+        ca_file=options.ca_file,
+        docker_config=options.docker_config,
+        connect_timeout=options.connect_timeout,
+        read_timeout=options.read_timeout,
+        retries=options.retries,
+        endpoint_url=options.endpoint_url,
+    )
 
 
 def open_store(
@@ -28,9 +80,9 @@ def open_store(
     tls_verify: bool = True,
     ca_file: Path | None = None,
     docker_config: Path | None = None,
-    connect_timeout: float = _REGISTRY_DEFAULTS.connect_timeout,
-    read_timeout: float = _REGISTRY_DEFAULTS.read_timeout,
-    retries: int = _REGISTRY_DEFAULTS.retries,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    read_timeout: float = DEFAULT_READ_TIMEOUT,
+    retries: int = DEFAULT_RETRIES,
     endpoint_url: str | None = None,
 ) -> tuple[ImageStore, str]:
     """The store and tag of a reference; ``create`` makes a missing destination.
@@ -50,6 +102,10 @@ def open_store(
         store = OciLayoutStore.create(ref.path) if create else OciLayoutStore.open(ref.path)
         return store, ref.tag
     if isinstance(ref, RegistryReference):
+        # Imported here: httpx is not needed for local layouts.
+        from ketch.storage.registry_client import RegistryClient, RegistryOptions  # noqa: PLC0415
+        from ketch.storage.registry_store import RegistryStore  # noqa: PLC0415
+
         options = RegistryOptions(
             creds=creds,
             docker_config=docker_config,
