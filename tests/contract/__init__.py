@@ -1,0 +1,1 @@
+"""The ImageStore contract suite: one set of behaviours, run against every backend."""
