@@ -14,9 +14,9 @@ from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
 from ketch.fs.summary import entry_summary, image_summary
 from ketch.fs.unpack import unpack
-from ketch.storage.chunk_reader import ChunkReader
 from ketch.storage.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.open import StoreOptions, open_store_with
+from ketch.storage.windowed_reader import WindowedChunkReader
 
 
 def open_image(reference: str, options: StoreOptions) -> KetchImage:
@@ -26,7 +26,11 @@ def open_image(reference: str, options: StoreOptions) -> KetchImage:
 
 def cmd_unpack(args: argparse.Namespace) -> int:
     image = open_image(args.image, store_options(args, args.config_values))
-    reader = ChunkReader(image.store, image.bootstrap.digest_algorithm)
+    reader = WindowedChunkReader(
+        image.store,
+        image.bootstrap.digest_algorithm,
+        {blob.oci_digest: blob.size for blob in image.bootstrap.blobs()},
+    )
     fs = ImageFS(image.bootstrap, reader)
     total = image_summary(image)["bytes"]
     with RichProgress(enabled=None if not args.json else False) as progress:

@@ -20,6 +20,7 @@ from ketch.storage.store import ImageStore
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_RETRIES = 4
+DEFAULT_HEALTH_CHECK_INTERVAL = 10.0  # as mirrored_store's
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,9 @@ class StoreOptions:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     retries: int = DEFAULT_RETRIES
     endpoint_url: str | None = None
+    proxy: str | None = None  # HTTP proxy for registry traffic (origin and mirrors)
+    mirrors: tuple[str, ...] = ()  # registry mirror URLs for blob reads, tried in order
+    health_check_interval: float = DEFAULT_HEALTH_CHECK_INTERVAL  # a failed mirror rests
 
     def command_line(self) -> list[str]:
         """The same options as `ketch` arguments, for a daemon started on our behalf."""
@@ -52,6 +56,11 @@ class StoreOptions:
             out += ["--docker-config", str(self.docker_config)]
         if self.endpoint_url:
             out += ["--endpoint-url", self.endpoint_url]
+        if self.proxy:
+            out += ["--proxy", self.proxy]
+        for mirror in self.mirrors:
+            out += ["--mirror", mirror]
+        out += ["--health-check-interval", str(self.health_check_interval)]
         return out
 
 
@@ -69,6 +78,9 @@ def open_store_with(
         read_timeout=options.read_timeout,
         retries=options.retries,
         endpoint_url=options.endpoint_url,
+        proxy=options.proxy,
+        mirrors=options.mirrors,
+        health_check_interval=options.health_check_interval,
     )
 
 
@@ -84,6 +96,9 @@ def open_store(
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     retries: int = DEFAULT_RETRIES,
     endpoint_url: str | None = None,
+    proxy: str | None = None,
+    mirrors: tuple[str, ...] = (),
+    health_check_interval: float = DEFAULT_HEALTH_CHECK_INTERVAL,
 ) -> tuple[ImageStore, str]:
     """The store and tag of a reference; ``create`` makes a missing destination.
 
@@ -92,7 +107,10 @@ def open_store(
     ``creds`` ``USER:PASSWORD`` (else the Docker config's entry for the host, from
     ``docker_config`` or ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``),
     ``tls_verify`` and ``ca_file`` (loopback hosts are plain HTTP whatever they say),
-    timeouts in seconds, and how many times a failed request is retried.
+    timeouts in seconds, and how many times a failed request is retried; ``proxy`` an HTTP
+    proxy URL for every request; ``mirrors`` registry mirror URLs that blob reads try
+    first, each skipped for ``health_check_interval`` seconds after it fails
+    (``MirroredRegistryStore``).
 
     For ``s3://BUCKET/PREFIX[:TAG]``, ``endpoint_url`` is the S3 endpoint (default
     ``$AWS_ENDPOINT_URL``, else AWS); region and credentials are boto3's usual ones.
@@ -114,18 +132,39 @@ def open_store(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             retries=retries,
+            proxy=proxy,
         )
         client = RegistryClient(ref.registry, options)
         repository = _repository(ref)
         tag = ref.digest or ref.tag
         if tag is None:  # the parser gives one or the other; keep mypy and readers sure
             raise UnsupportedError(f"{ref}: expected a tag or a digest")
+        if mirrors:
+            from ketch.storage.mirrored_store import (  # noqa: PLC0415
+                MirroredRegistryStore,
+                mirror_client,
+            )
+
+            return MirroredRegistryStore(
+                client,
+                repository,
+                [mirror_client(url, options) for url in mirrors],
+                health_check_interval=health_check_interval,
+            ), tag
         return RegistryStore(client, repository), tag
     if isinstance(ref, S3Reference):
         # Imported here: boto3 takes a third of a second to import.
         from ketch.storage.s3_store import S3Store  # noqa: PLC0415
 
-        s3 = S3Store.open(ref.bucket, ref.prefix, create=create, endpoint_url=endpoint_url)
+        s3 = S3Store.open(
+            ref.bucket,
+            ref.prefix,
+            create=create,
+            endpoint_url=endpoint_url,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_attempts=retries + 1,
+        )
         return s3, ref.tag
     raise UnsupportedError(
         f"{ref}: this transport is not supported yet (only oci:DIR:TAG and docker://HOST/REPO:TAG)"
