@@ -9,7 +9,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import bootstrap_lookup, cdc_vs_fixed, convert_speed, stored_bytes
+from bench import (
+    bootstrap_lookup,
+    cdc_vs_fixed,
+    convert_speed,
+    metadata_walk,
+    mount_read,
+    mount_time,
+    stored_bytes,
+)
 from bench.context import REPO, WORK_ROOT, Context, ensure_corpus, log, remove
 from bench.machine import current
 from bench.report import Benchmark, write_page, write_result
@@ -19,6 +27,9 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     bootstrap_lookup.BENCHMARK,
     stored_bytes.BENCHMARK,
     cdc_vs_fixed.BENCHMARK,
+    mount_read.BENCHMARK,
+    metadata_walk.BENCHMARK,
+    mount_time.BENCHMARK,
 )
 
 
