@@ -25,7 +25,9 @@ KETCH = [sys.executable, "-m", "ketch.cli.main"]
 
 
 def ketch(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*KETCH, *args], capture_output=True, text=True, check=False, timeout=300)
+    result = subprocess.run(
+        [*KETCH, *args], capture_output=True, text=True, check=False, timeout=300
+    )
     if check and result.returncode != 0:
         pytest.fail(f"ketch {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
     return result
