@@ -277,7 +277,9 @@ def test_vanished_victims_are_tolerated(tmp_path: Path) -> None:
 def test_put_failure_is_counted_not_raised(tmp_path: Path) -> None:
     cache = ChunkCache(tmp_path, 0, ALGO)
     digest, data = chunk(80)
-    cache.path(digest).parent.write_bytes(b"")  # a file where the bucket dir should be
+    bucket = cache.path(digest).parent
+    bucket.rmdir()
+    bucket.write_bytes(b"")  # a file where the bucket dir should be
     assert cache.put(digest, data) is False
     assert cache.stats().store_errors == 1
     assert cache.get(digest) is None

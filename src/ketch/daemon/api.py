@@ -85,7 +85,13 @@ class ApiServer:
         self._server = _Server(str(path), _Handler)
         self._server.routes = routes
         os.chmod(path, 0o600)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="api", daemon=True)
+        # A short poll: stopping waits for it, and `ketch umount` waits for the stop.
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="api",
+            daemon=True,
+        )
 
     def start(self) -> None:
         self._thread.start()

@@ -41,7 +41,8 @@ class KetchOperations(pyfuse3.Operations):
         self.fs = fs
         self.metrics = metrics
         self.trace = trace
-        self._dirs: dict[int, list[tuple[bytes, int]]] = {}
+        self._dirs: dict[int, int] = {}  # open directory handle -> inode
+        self._listings: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
         self._handles = count(1)
         self._paths: dict[int, str] = {}
         self._paths_lock = threading.Lock()
@@ -108,20 +109,21 @@ class KetchOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         if not stat.S_ISDIR(self._attr(inode).mode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        # The listing is taken once per open, so offsets stay stable across calls.
+        # A directory's listing, attributes included, is built once: the image never
+        # changes, so offsets stay stable and a second walk costs no bootstrap reads.
+        if inode not in self._listings:
+            members = [(b".", inode), (b"..", self.fs.parent(inode)), *self.fs.readdir(inode)]
+            self._listings[inode] = [
+                (name, self._entry(self._attr(child))) for name, child in members
+            ]
         handle = next(self._handles)
-        self._dirs[handle] = [
-            (b".", inode),
-            (b"..", self.fs.parent(inode)),
-            *self.fs.readdir(inode),
-        ]
+        self._dirs[handle] = inode
         return pyfuse3.FileHandleT(handle)
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self._dirs.get(fh, [])
+        entries = self._listings.get(self._dirs.get(fh, -1), [])
         for position in range(start_id, len(entries)):
-            name, inode = entries[position]
-            attr = self._entry(self._attr(inode))
+            name, attr = entries[position]
             if not pyfuse3.readdir_reply(token, pyfuse3.FileNameT(name), attr, position + 1):
                 return
 

@@ -72,7 +72,9 @@ class _Daemon:
         algo = image.bootstrap.digest_algorithm
         self.cache = ChunkCache(config.cache_dir / "chunks", config.cache_size, algo)
         self.reader = CachedChunkReader(
-            ChunkReader(image.store, algo, max_merge=config.max_merge), self.cache
+            ChunkReader(image.store, algo, max_merge=config.max_merge),
+            self.cache,
+            write_behind=True,
         )
         self.fs = ImageFS(image.bootstrap, self.reader)
         self.ops = KetchOperations(self.fs, self.metrics, self.trace)

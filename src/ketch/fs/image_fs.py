@@ -105,12 +105,14 @@ class ImageFS:
         if offset >= end:
             return b""
         pieces = self.bootstrap.chunks_for_range(index, offset, end - offset)
-        out = bytearray()
+        parts: list[bytes | memoryview] = []
         for file_offset, data in self._fetch(pieces):
             lo = max(offset - file_offset, 0)
             hi = min(end - file_offset, len(data))
-            out += data[lo:hi]
-        return bytes(out)
+            parts.append(data if (lo, hi) == (0, len(data)) else memoryview(data)[lo:hi])
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]  # a whole chunk: no copy
+        return b"".join(parts)  # one copy, of views
 
     def _fetch(self, pieces: list[tuple[int, ChunkRecord]]) -> Iterator[tuple[int, bytes]]:
         """Fetch a file range's chunks, one merged read per run within a blob."""

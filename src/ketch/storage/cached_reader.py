@@ -28,7 +28,9 @@ waiters have them and the cache has them.
 from __future__ import annotations
 
 import copy
+import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,14 +117,22 @@ class _RecentChunks:
 
 
 DEFAULT_MEMORY = 64 << 20
+_WRITE_BEHIND_CHUNKS = 32  # queued cache writes, at most a chunk each
 
 
 class CachedChunkReader:
     """``ChunkSource`` over ``reader``, with ``cache`` (or none) and single-flight fetches."""
 
     def __init__(
-        self, reader: ChunkReader, cache: ChunkCache | None, *, memory: int = DEFAULT_MEMORY
+        self,
+        reader: ChunkReader,
+        cache: ChunkCache | None,
+        *,
+        memory: int = DEFAULT_MEMORY,
+        write_behind: bool = False,
     ) -> None:
+        """``write_behind``: fill the cache from a background thread, so that a reader
+        gets its bytes without waiting for the cache file to be written (the daemon)."""
         if cache is not None and cache.algo != reader.algo:
             raise ValueError(
                 f"chunk cache: expected digest algorithm {reader.algo.label}, "
@@ -139,6 +149,37 @@ class CachedChunkReader:
         self._backend_bytes = 0
         self._memory_hits = 0
         self._recent = _RecentChunks(memory)
+        self._writes: queue.Queue[tuple[bytes, bytes]] | None = None
+        if write_behind and cache is not None:
+            self._writes = queue.Queue(_WRITE_BEHIND_CHUNKS)
+            threading.Thread(target=self._write_behind, name="cache-fill", daemon=True).start()
+
+    def _store(self, digest: bytes, data: bytes) -> None:
+        if self.cache is None:
+            return
+        if self._writes is not None:
+            try:
+                self._writes.put_nowait((digest, data))
+                return
+            except queue.Full:
+                pass  # the writer is behind: this reader writes, which slows new fetches
+        self.cache.put(digest, data)
+
+    def _write_behind(self) -> None:
+        if self._writes is None or self.cache is None:
+            return
+        while True:
+            digest, data = self._writes.get()
+            try:
+                self.cache.put(digest, data)
+            finally:
+                self._writes.task_done()
+
+    def flush(self) -> None:
+        """Wait until every chunk handed to the background writer is in the cache."""
+        if self._writes is not None:
+            while self._writes.unfinished_tasks:
+                time.sleep(0.01)
 
     # -- counters -------------------------------------------------------------------------
 
@@ -272,10 +313,14 @@ class CachedChunkReader:
         """
         _fail_unresolved(flights, RuntimeError("chunk fetch ended without a result"))
         try:
+            for digest, flight in flights.items():
+                if flight.data is not None:
+                    # Before the flight is forgotten: a new arrival finds it in memory.
+                    self._recent.put(digest, flight.data)
             if self.cache is not None:
                 for digest, flight in flights.items():
                     if flight.fetched and flight.data is not None:
-                        self.cache.put(digest, flight.data)
+                        self._store(digest, flight.data)
         finally:
             with self._lock:
                 for digest in flights:

@@ -124,6 +124,9 @@ class ChunkCache:
         self._rescanning = False
         self._last_scan = 0
         self.directory.mkdir(parents=True, exist_ok=True)
+        # The 256 buckets up front: a put then never pays for a mkdir on the read path.
+        for bucket in range(256):
+            (self.directory / f"{bucket:02x}").mkdir(exist_ok=True)
         self.refresh()
 
     # -- counters -------------------------------------------------------------------------
