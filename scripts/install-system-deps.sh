@@ -10,6 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 packages=(
   skopeo umoci runc docker-registry debootstrap attr   # OCI images, registry, rootfs building
+  tinyproxy                                            # HTTP proxy for the proxy tests
   fuse3 libfuse3-dev pkg-config                        # FUSE daemon
   zstd lz4                                             # codec command-line tools
   python3-venv python3-dev gcc make git ca-certificates

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A real OCI registry on loopback for tests, CI and demos: Debian's ``docker-registry``
-(CNCF distribution 2.8) with a generated configuration, in one of three auth modes.
+(CNCF distribution 2.8) with a generated configuration, in one of four modes.
 
 - ``plain``: anonymous, read and write.
 - ``basic``: htpasswd basic auth (a bcrypt htpasswd file, the only hash distribution reads).
@@ -12,17 +12,25 @@
   (``registry/auth/token/token.go``): ``iss`` (the registry's ``issuer``), ``sub``,
   ``aud`` (its ``service``, one string), ``exp``/``nbf``/``iat``, ``jti`` and
   ``access: [{type, name, actions}]``.
+- ``mirror``: anonymous and read-only, a pull-through cache (``proxy.remoteurl``) of the
+  registry at ``--remote-url``: it serves that registry's repositories under the same
+  names, fetching a blob from it on first request and from its own storage after. A
+  cold blob is sent whole (distribution ignores ``Range`` until it has stored it). It
+  asks the remote for ``/v2/`` as it starts and exits if the remote does not answer.
 
 As a script it starts the registry, prints one JSON line (``url``, ``host``, ``mode``,
 ``username``, ``password``) once ``/v2/`` answers, and serves until SIGINT or SIGTERM::
 
     .venv/bin/python scripts/registry.py [--mode plain|basic|token] [--dir DIR]
+    .venv/bin/python scripts/registry.py --mode mirror --remote-url http://127.0.0.1:PORT
     skopeo copy oci:.cache/corpus/oci:py1 docker://127.0.0.1:PORT/corpus:py1 --dest-tls-verify=false
 
 As a module (``tests/fixtures/registry.py``), :class:`RegistryServer` is a context manager
 whose ``start()`` returns a :class:`RunningRegistry` once the registry answers, or raises
 ``RegistryServerError`` with the tail of its log. Storage lives in a temporary directory
-(or ``--dir``) and is removed when a temporary one is stopped.
+(or ``--dir``) and is removed when a temporary one is stopped. ``terminate()`` ends the
+registry process alone (a crash, for tests) and ``restart()`` serves the same storage on
+the same port again.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-MODES = ("plain", "basic", "token")
+MODES = ("plain", "basic", "token", "mirror")
 REGISTRY_BINARY = "docker-registry"
 TOKEN_SERVICE = "ketch-test-registry"  # noqa: S105 - a name, not a secret
 TOKEN_ISSUER = "ketch-test-token-issuer"  # noqa: S105 - a name, not a secret
@@ -77,6 +85,7 @@ class RunningRegistry:
     username: str | None
     password: str | None
     token_url: str | None  # the token issuer's realm (token mode)
+    remote_url: str | None = None  # the registry a mirror caches (mirror mode)
 
     @property
     def creds(self) -> str | None:
@@ -91,6 +100,7 @@ class RunningRegistry:
             "username": self.username,
             "password": self.password,
             "token_url": self.token_url,
+            "remote_url": self.remote_url,
         }
 
 
@@ -248,14 +258,23 @@ class RegistryServer:
         *,
         username: str = DEFAULT_USERNAME,
         password: str | None = None,
+        remote_url: str | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        if (mode == "mirror") != (remote_url is not None):
+            raise ValueError(
+                f"mode {mode!r}: a remote URL goes with mode 'mirror' and only with it, "
+                f"found {remote_url!r}"
+            )
         self.mode = mode
+        self.remote_url = remote_url.rstrip("/") if remote_url else None
         self._own_root = root is None
         self.root = root if root is not None else Path(tempfile.mkdtemp(prefix="ketch-registry-"))
-        self.username = username if mode != "plain" else None
-        self.password = (password or secrets.token_urlsafe(12)) if mode != "plain" else None
+        with_auth = mode in ("basic", "token")
+        self.username = username if with_auth else None
+        self.password = (password or secrets.token_urlsafe(12)) if with_auth else None
+        self.port: int | None = None
         self.issuer: TokenIssuer | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.running: RunningRegistry | None = None
@@ -300,6 +319,7 @@ class RegistryServer:
             self._write_config(port, auth)
             try:
                 self._launch(binary, port, timeout)
+                self.port = port
             except RegistryServerError as exc:
                 last_error = str(exc)
                 self._terminate()
@@ -316,6 +336,7 @@ class RegistryServer:
                 self.username,
                 self.password,
                 token_url,
+                self.remote_url,
             )
             return self.running
         self.stop()
@@ -335,6 +356,8 @@ class RegistryServer:
         }
         if auth is not None:
             config["auth"] = auth
+        if self.remote_url is not None:
+            config["proxy"] = {"remoteurl": self.remote_url}
         (self.root / "config.yml").write_text(json.dumps(config, indent=2) + "\n")
 
     def _launch(self, binary: str, port: int, timeout: float) -> None:
@@ -379,6 +402,32 @@ class RegistryServer:
             process.kill()
             process.wait()
 
+    def terminate(self, *, kill: bool = False) -> None:
+        """End the registry process (SIGTERM, or SIGKILL with ``kill``) and keep its
+        storage and port, as a crash would; ``restart()`` brings it back."""
+        if kill and self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._terminate()
+
+    def restart(self, timeout: float = START_TIMEOUT) -> RunningRegistry:
+        """Serve the same storage and configuration on the same port again."""
+        binary = shutil.which(REGISTRY_BINARY)
+        if binary is None or self.port is None or self.running is None:
+            raise RegistryServerError("restart: the registry was never started")
+        self._terminate()
+        deadline = time.monotonic() + timeout
+        while True:  # the port may linger a moment after the old process ends
+            try:
+                self._launch(binary, self.port, timeout)
+            except RegistryServerError as exc:
+                self._terminate()
+                if "address already in use" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                raise
+            return self.running
+
     def stop(self) -> None:
         self._terminate()
         if self.issuer is not None:
@@ -418,8 +467,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="storage, config and log (default: temporary)")
     parser.add_argument("--username", default=DEFAULT_USERNAME)
     parser.add_argument("--password", help="default: random")
+    parser.add_argument("--remote-url", help="the registry a mirror caches (mode mirror)")
     args = parser.parse_args(argv)
-    server = RegistryServer(args.mode, args.dir, username=args.username, password=args.password)
+    if (args.mode == "mirror") != (args.remote_url is not None):
+        parser.error("--remote-url goes with --mode mirror, and --mode mirror needs it")
+    server = RegistryServer(
+        args.mode,
+        args.dir,
+        username=args.username,
+        password=args.password,
+        remote_url=args.remote_url,
+    )
     try:
         running = server.start()
     except RegistryServerError as exc:

@@ -14,6 +14,7 @@ The ``backend`` fixture runs every contract test once per entry of ``BACKENDS``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,11 @@ from pathlib import Path
 import pytest
 
 from ketch.storage.oci_layout_store import OciLayoutStore
+from ketch.storage.registry_client import RegistryClient, RegistryOptions
+from ketch.storage.registry_store import RegistryStore
 from ketch.storage.s3_store import MIN_PART_SIZE, S3Store
 from ketch.storage.store import ImageStore
+from tests.fixtures.registry import RunningRegistry, registry_plain_fixture  # noqa: F401 (fixtures)
 from tests.fixtures.s3 import s3_bucket_fixture, s3_client, s3_endpoint_fixture, s3_store_client  # noqa: F401 (fixtures)
 
 CorruptHook = Callable[[str, bytes], None]
@@ -59,17 +63,42 @@ def s3_backend(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[ImageSto
     return store, corrupt
 
 
+def registry_backend(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[ImageStore, CorruptHook]:
+    # The session's plain docker-registry; one repository per store of each test, named
+    # after the test's directory and the store's. Blobs are content-addressed across
+    # repositories: a corrupted one stays corrupted for every repository holding the
+    # same bytes, so the suite corrupts only bytes no other test pushes.
+    registry: RunningRegistry = request.getfixturevalue("registry_plain")
+    test_dir, store_dir = tmp_path.parent.name, tmp_path.name
+    repository = "contract/" + "/".join(_repository_component(n) for n in (test_dir, store_dir))
+    store = RegistryStore(RegistryClient(registry.host, RegistryOptions(backoff=0.01)), repository)
+    request.addfinalizer(store.close)
+    blobs = registry.root / "storage" / "docker" / "registry" / "v2" / "blobs" / "sha256"
+
+    def corrupt(digest: str, data: bytes) -> None:
+        # The registry serves the file as it is (it checks digests on upload only).
+        hexdigest = digest.removeprefix("sha256:")
+        (blobs / hexdigest[:2] / hexdigest / "data").write_bytes(data)
+
+    return store, corrupt
+
+
+def _repository_component(name: str) -> str:
+    """A directory name as a repository path component: [a-z0-9]+ joined by . _ -."""
+    cleaned = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return cleaned or "x"
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "oci-layout": oci_layout_backend,
+    "registry": registry_backend,
     "s3": s3_backend,
-    # Add a backend with one more entry here. The registry one, for instance
-    # (ketch.storage.registry_store.RegistryStore, fixtures in tests/fixtures/registry.py):
-    #   1. import its fixtures at the top, as the S3 ones are imported;
-    #   2. write `registry_backend(tmp_path, request)`: get the registry through
-    #      `request.getfixturevalue(...)`, return a RegistryStore on a repository named
-    #      after `tmp_path.name`, and a corrupt hook that rewrites the blob's bytes in the
-    #      registry's own storage directory (the registry must not re-verify them);
-    #   3. add `"registry": registry_backend,` to this dict.
+    # Add a backend with one more entry here: a factory `(tmp_path, request) -> (store,
+    # corrupt)` getting its servers through `request.getfixturevalue(...)` (import their
+    # fixtures at the top, as the S3 and registry ones are), whose corrupt hook rewrites
+    # a blob's bytes behind the store's back.
 }
 
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ketch.config import Config
+from ketch.config import Config, MirrorConfig
+from ketch.errors import UsageError
+from ketch.oci.reference import RegistryReference, parse_reference
 from ketch.storage.open import StoreOptions
+
+_DOCKER_HUB = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
 
 def parse_bool(text: str) -> bool:
@@ -42,6 +46,20 @@ def add_store_options(p: argparse.ArgumentParser, *, sides: tuple[str, ...] = ("
     group.add_argument("--timeout", type=float, help="connect and read timeout, seconds")
     group.add_argument("--retries", type=int, help="retries on 429, 5xx and resets")
     group.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL, then AWS)")
+    group.add_argument("--proxy", metavar="URL", help="HTTP proxy for registry traffic")
+    group.add_argument(
+        "--mirror",
+        action="append",
+        metavar="URL",
+        help="registry mirror for blob reads, tried before the registry (repeatable; "
+        "replaces the configuration's [[registry.mirrors]])",
+    )
+    group.add_argument(
+        "--health-check-interval",
+        type=float,
+        metavar="SECONDS",
+        help="how long a failed mirror is skipped before it is tried again",
+    )
 
 
 def store_options(args: argparse.Namespace, config: Config, side: str = "") -> StoreOptions:
@@ -63,4 +81,40 @@ def store_options(args: argparse.Namespace, config: Config, side: str = "") -> S
         read_timeout=timeout,
         retries=args.retries if args.retries is not None else registry.retries,
         endpoint_url=args.endpoint_url or config.s3.endpoint_url or None,
+        proxy=args.proxy or registry.proxy or None,
+        mirrors=tuple(
+            args.mirror
+            if args.mirror
+            else _mirrors_for(registry.mirrors, _registry_host(args, side))
+        ),
+        health_check_interval=(
+            args.health_check_interval
+            if args.health_check_interval is not None
+            else registry.health_check_interval
+        ),
     )
+
+
+def _registry_host(args: argparse.Namespace, side: str) -> str | None:
+    """The registry host of the command's image on ``side`` (None if not a registry)."""
+    text = getattr(args, {"src": "source", "dest": "dest"}.get(side, "image"), None)
+    if not isinstance(text, str):
+        return None
+    try:
+        ref = parse_reference(text)
+    except UsageError:
+        return None  # the command reports it when it opens the store
+    return ref.registry if isinstance(ref, RegistryReference) else None
+
+
+def _mirrors_for(mirrors: list[MirrorConfig], host: str | None) -> list[str]:
+    """The configured mirror URLs for ``host``: those for "*" and those naming it."""
+    if host is None:
+        return []
+
+    def same(configured: str) -> bool:
+        if configured.lower() == host.lower():
+            return True
+        return configured.lower() in _DOCKER_HUB and host.lower() in _DOCKER_HUB
+
+    return [m.url for m in mirrors if m.url and (m.host == "*" or same(m.host))]

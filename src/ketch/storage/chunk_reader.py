@@ -1,8 +1,10 @@
 """Fetch chunks from a store, decompress them and verify each against its digest.
 
 Adjacent chunks of one blob are fetched with one range read (up to ``max_merge``
-bytes). A chunk whose bytes do not match its digest raises IntegrityError naming blob,
-offset and digests; wrong bytes are never returned.
+bytes), through ``ImageStore.read_range_verified`` with a check that decompresses and
+verifies the chunks of that range, so a store with mirrors can try another source when
+one sends wrong bytes. A chunk whose bytes do not match its digest raises IntegrityError
+naming blob, offset and digests; wrong bytes are never returned.
 """
 
 from __future__ import annotations
@@ -57,14 +59,28 @@ class ChunkReader:
         """The verified bytes of ``chunks`` (all in ``blob``), in the order given."""
         out: list[bytes] = []
         for group in merge_ranges(chunks, self.max_merge):
-            start = group[0].compressed_offset
-            end = group[-1].compressed_offset + group[-1].compressed_size
-            data = memoryview(self.store.read_range(blob, start, end - start))
-            self.backend_bytes += end - start
-            for chunk in group:
-                offset = chunk.compressed_offset - start
-                out.append(self.verify(blob, chunk, data[offset : offset + chunk.compressed_size]))
+            out += self._read_group(blob, group)
         return out
+
+    def _read_group(self, blob: str, group: list[ChunkRecord]) -> list[bytes]:
+        """One merged range read, each chunk of it decompressed and verified once."""
+        start = group[0].compressed_offset
+        end = group[-1].compressed_offset + group[-1].compressed_size
+        verified: list[bytes] = []
+
+        def verify_group(data: bytes) -> None:
+            # Called once per source the store tries; the last call, which passed, counts.
+            view = memoryview(data)
+            verified[:] = [
+                self.verify(
+                    blob, chunk, view[chunk.compressed_offset - start :][: chunk.compressed_size]
+                )
+                for chunk in group
+            ]
+
+        self.store.read_range_verified(blob, start, end - start, verify_group)
+        self.backend_bytes += end - start
+        return verified
 
 
 def merge_ranges(chunks: Sequence[ChunkRecord], max_merge: int) -> list[list[ChunkRecord]]:

@@ -18,12 +18,17 @@ What it speaks:
 Hosts on loopback (localhost, 127.0.0.0/8, ::1) are plain HTTP, as Docker treats them;
 elsewhere HTTPS, verified against the system trust store plus ``ca_file``, unless
 ``tls_verify`` is False (then HTTP is tried when HTTPS cannot connect, as skopeo does).
+A ``scheme`` given to the client (a mirror's URL says it) is used as it is. With
+``proxy`` every request goes through that HTTP proxy (httpx's ``proxy=``; plain HTTP is
+forwarded, HTTPS tunnelled with ``CONNECT``).
 
 Failures: 429, 5xx, connection errors, resets and timeouts are retried ``retries`` times
 with exponential backoff and jitter (``Retry-After`` honoured up to ``max_retry_wait``);
 uploads restart from a new session. Then ``StorageError``. 404 is ``NotFoundError``,
-401/403 ``UsageError`` (with a hint), digest mismatches ``IntegrityError``; every
-message names the registry, repository and digest, and what was expected and found.
+401/403 ``UsageError`` (with a hint), digest mismatches ``IntegrityError``; a
+registry that answers a large ``Range`` read with the whole blob is ``RangeIgnoredError``
+(a ``StorageError``: a cold pull-through cache does that until it has stored the blob).
+Every message names the registry, repository and digest, and what was expected and found.
 """
 
 from __future__ import annotations
@@ -91,6 +96,7 @@ class RegistryOptions:
     backoff: float = 0.5  # first wait; doubled each time, with jitter
     max_retry_wait: float = 30.0  # cap on any one wait, Retry-After included
     chunk_size: int = 16 << 20  # uploads above this size are chunked, in pieces of it
+    proxy: str | None = None  # HTTP proxy URL for every request, e.g. http://127.0.0.1:8888
 
 
 @dataclass(slots=True)
@@ -114,6 +120,10 @@ class TransferStats:
 class PushedManifest:
     descriptor: Descriptor
     subject_indexed: bool  # the registry answered OCI-Subject: it keeps referrers itself
+
+
+class RangeIgnoredError(StorageError):
+    """The registry answered a ``Range`` read with a whole blob too large to slice."""
 
 
 class _TransientError(Exception):
@@ -154,7 +164,10 @@ class RegistryClient:
         transport: httpx.BaseTransport | None = None,
         credentials: Credentials | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        scheme: str | None = None,
     ) -> None:
+        """``scheme`` ("http" or "https") overrides the loopback rule and the plain-HTTP
+        fallback: a mirror configured by URL is reached exactly as its URL says."""
         self.registry = registry
         self.options = options or RegistryOptions()
         self.stats = TransferStats()
@@ -167,6 +180,10 @@ class RegistryClient:
         self._schemes = ["http"] if is_loopback(host) else ["https"]
         if not opts.tls_verify and not is_loopback(host):
             self._schemes.append("http")
+        if scheme is not None:
+            if scheme not in ("http", "https"):
+                raise UsageError(f"{registry}: scheme: expected http or https, found {scheme!r}")
+            self._schemes = [scheme]
         self.base_url = f"{self._schemes[0]}://{host}"
         verify: ssl.SSLContext | bool = False
         if opts.tls_verify:
@@ -179,13 +196,19 @@ class RegistryClient:
                         f"{opts.ca_file}: cannot load CA certificates: {exc}"
                     ) from None
             verify = context
-        self._http = httpx.Client(
-            timeout=httpx.Timeout(opts.read_timeout, connect=opts.connect_timeout),
-            verify=verify,
-            follow_redirects=False,
-            transport=transport,
-            headers={"User-Agent": "ketch"},
-        )
+        try:
+            self._http = httpx.Client(
+                timeout=httpx.Timeout(opts.read_timeout, connect=opts.connect_timeout),
+                verify=verify,
+                follow_redirects=False,
+                transport=transport,
+                headers={"User-Agent": "ketch"},
+                proxy=opts.proxy or None,
+            )
+        except (ValueError, httpx.InvalidURL) as exc:
+            raise UsageError(
+                f"proxy {opts.proxy!r}: expected a URL such as http://HOST:PORT ({exc})"
+            ) from None
         self._finalizer = weakref.finalize(self, self._http.close)
         self._pinged = False
         self._ping_lock = threading.Lock()
@@ -657,7 +680,7 @@ class RegistryClient:
             # The registry ignored Range: a small blob is sliced, a large one refused.
             size = response.headers.get("Content-Length", "")
             if not size.isdigit() or int(size) > RANGE_FALLBACK_LIMIT:
-                raise StorageError(
+                raise RangeIgnoredError(
                     f"{what}: expected HTTP 206 for a Range request, found 200 with "
                     f"{size or 'an unknown number of'} bytes (over {RANGE_FALLBACK_LIMIT})"
                 )
@@ -707,10 +730,10 @@ class RegistryClient:
             return data
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def open_blob(self, repository: str, digest: str) -> IO[bytes]:
-        """The blob as a stream (the reader checks the digest); a dropped connection is
-        resumed with ``Range`` from where it broke."""
-        return io.BufferedReader(_BlobStream(self, repository, digest), buffer_size=_BLOCK)
+    def open_blob(self, repository: str, digest: str, offset: int = 0) -> IO[bytes]:
+        """The blob from byte ``offset`` as a stream (the reader checks the digest); a
+        dropped connection is resumed with ``Range`` from where it broke."""
+        return io.BufferedReader(_BlobStream(self, repository, digest, offset), buffer_size=_BLOCK)
 
     def _open_stream(self, repository: str, digest: str, offset: int) -> httpx.Response:
         what = f"{self.where(repository)}: blob {digest}"
@@ -917,12 +940,14 @@ class _DigestCheck:
 class _BlobStream(io.RawIOBase):
     """A blob GET as a raw stream; resumes with ``Range`` after a dropped connection."""
 
-    def __init__(self, client: RegistryClient, repository: str, digest: str) -> None:
+    def __init__(
+        self, client: RegistryClient, repository: str, digest: str, offset: int = 0
+    ) -> None:
         super().__init__()
         self._client = client
         self._repository = repository
         self._digest = digest
-        self._position = 0
+        self._position = offset
         self._size: int | None = None
         self._resumes = 0
         self._response: httpx.Response | None = None
@@ -932,9 +957,9 @@ class _BlobStream(io.RawIOBase):
 
     def _open(self) -> None:
         response = self._client._open_stream(self._repository, self._digest, self._position)
-        if self._size is None:
+        if self._size is None:  # the first answer: the blob from _position to its end
             length = response.headers.get("Content-Length", "")
-            self._size = int(length) if length.isdigit() else None
+            self._size = self._position + int(length) if length.isdigit() else None
         self._response = response
         self._blocks = response.iter_bytes(_BLOCK)
 

@@ -29,6 +29,19 @@ class ImageStore(abc.ABC):
     def read_range(self, digest: str, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes at ``offset`` of a blob, or raise."""
 
+    def read_range_verified(
+        self, digest: str, offset: int, length: int, verify: Callable[[bytes], None]
+    ) -> bytes:
+        """``read_range``, then ``verify(data)``, which raises IntegrityError on wrong bytes.
+
+        Only the reader knows what the bytes of a range must be (the chunk digests); a
+        store with several sources for one blob (registry mirrors) overrides this to try
+        the next source when a range fails ``verify``, so wrong bytes from one of them
+        are never served."""
+        data = self.read_range(digest, offset, length)
+        verify(data)
+        return data
+
     def range_reader(self, digest: str) -> Callable[[int, int], bytes]:
         """``read_range`` bound to one blob: ``(offset, length) -> bytes``."""
         return lambda offset, length: self.read_range(digest, offset, length)
