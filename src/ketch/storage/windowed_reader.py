@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from ketch.errors import IntegrityError
 from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import ChunkRecord
 from ketch.storage.chunk_reader import ChunkReader
@@ -53,5 +54,12 @@ class WindowedChunkReader:
                 self.backend_bytes += size
                 self.range_reads += 1
             view = memoryview(data)[offset - start : end - start]
-            out.append(self._verifier.verify(blob, chunk, view))
+            try:
+                out.append(self._verifier.verify(blob, chunk, view))
+            except IntegrityError:
+                # Bad bytes in the window (a mirror's, say): drop it, and read this chunk
+                # alone through the store's verified path, which can fall back to the
+                # origin; if that fails too, the error stands.
+                del self._windows[blob]
+                out.extend(self._verifier.read(blob, [chunk]))
         return out
