@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import tempfile
@@ -17,15 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ketch.errors import IntegrityError, NotFoundError, StorageError, UnsupportedError
+from ketch.errors import IntegrityError, NotFoundError, StorageError
 from ketch.oci import mediatypes as mt
+from ketch.oci.index import empty_index, find_tag, follow_to_manifest, index_with_tag, tag_names
 from ketch.oci.manifest import (
     Descriptor,
     Manifest,
     Platform,
     canonical_json,
     load_json,
-    media_type_of,
     parse_index,
 )
 
@@ -146,58 +145,29 @@ class OciLayout:
         return parse_index(canonical_json(self._index_doc()), f"{self.root}/index.json")
 
     def tags(self) -> list[str]:
-        return [
-            d.annotations[mt.ANNOTATION_REF_NAME]
-            for d in self.descriptors()
-            if mt.ANNOTATION_REF_NAME in d.annotations
-        ]
+        return tag_names(self.descriptors())
 
     def resolve_tag(self, tag: str) -> Descriptor:
-        matches = [
-            d for d in self.descriptors() if d.annotations.get(mt.ANNOTATION_REF_NAME) == tag
-        ]
-        if not matches:
-            raise NotFoundError(
-                f"oci:{self.root}:{tag}: no such tag (tags: {', '.join(self.tags()) or 'none'})"
-            )
-        return matches[-1]
+        return find_tag(self.descriptors(), tag, f"oci:{self.root}")
 
     def manifest(
         self, tag: str, platform: Platform | None = None
     ) -> tuple[Descriptor, Manifest, bytes]:
         """The image manifest a tag names, choosing a platform from an index."""
-        descriptor = self.resolve_tag(tag)
-        for _ in range(4):  # an index may name an index; stop at a sane depth
-            data = self.read_blob(descriptor.digest, max_size=4 << 20)
-            kind = descriptor.media_type or media_type_of(data, descriptor.digest)
-            if kind in mt.INDEX_TYPES:
-                descriptor = _choose_platform(
-                    parse_index(data, f"oci:{self.root}:{tag} index"), platform or Platform(), tag
-                )
-                continue
-            return descriptor, Manifest.parse(data, f"oci:{self.root}:{tag} manifest", kind), data
-        raise UnsupportedError(f"oci:{self.root}:{tag}: image indexes nested too deep")
+        return follow_to_manifest(
+            lambda digest: self.read_blob(digest, max_size=4 << 20),
+            self.resolve_tag(tag),
+            platform,
+            f"oci:{self.root}:{tag}",
+        )
 
     def set_tag(self, tag: str, descriptor: Descriptor) -> None:
         """Point ``tag`` at ``descriptor``: index.json is replaced atomically."""
         doc = self._index_doc() if (self.root / "index.json").exists() else {}
-        manifests = [
-            m
-            for m in doc.get("manifests", [])
-            if not (
-                isinstance(m, dict)
-                and (m.get("annotations") or {}).get(mt.ANNOTATION_REF_NAME) == tag
-            )
-        ]
-        annotations = dict(descriptor.annotations)
-        annotations[mt.ANNOTATION_REF_NAME] = tag
-        entry = Descriptor(descriptor.media_type, descriptor.digest, descriptor.size, annotations)
-        manifests.append(entry.to_json())
-        self._write_index(manifests)
+        self._replace(self.root / "index.json", index_with_tag(doc, tag, descriptor))
 
     def _write_index(self, manifests: list[Any]) -> None:
-        doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}
-        self._replace(self.root / "index.json", json.dumps(doc, indent=2).encode() + b"\n")
+        self._replace(self.root / "index.json", empty_index(manifests))
 
     @staticmethod
     def _replace(path: Path, data: bytes) -> None:
@@ -212,15 +182,3 @@ class OciLayout:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-
-
-def _choose_platform(entries: list[Descriptor], platform: Platform, tag: str) -> Descriptor:
-    for entry in entries:
-        if entry.platform and platform.matches(entry.platform):
-            return entry
-    found = ", ".join(
-        f"{d.platform.get('os')}/{d.platform.get('architecture')}" for d in entries if d.platform
-    )
-    raise NotFoundError(
-        f"{tag}: no manifest for platform {platform.os}/{platform.architecture} (found: {found or 'none'})"
-    )

@@ -53,6 +53,7 @@ import httpx
 
 from ketch.errors import IntegrityError, KetchError, NotFoundError, StorageError, UsageError
 from ketch.oci import mediatypes as mt
+from ketch.oci.index import choose_platform
 from ketch.oci.manifest import (
     MAX_MANIFEST_SIZE,
     Descriptor,
@@ -490,7 +491,7 @@ class RegistryClient:
             kind = descriptor.media_type or media_type_of(data, where)
             if kind not in mt.INDEX_TYPES:
                 return descriptor, Manifest.parse(data, f"{where} manifest", kind), data
-            chosen = select_platform(parse_index(data, f"{where} index"), platform, where)
+            chosen = choose_platform(parse_index(data, f"{where} index"), platform, where)
             child, data = self.get_manifest(repository, chosen.digest)
             if child.size != chosen.size:
                 raise IntegrityError(
@@ -1015,29 +1016,6 @@ def fallback_tag(digest: str) -> str:
     """The referrers fallback tag of a digest: ``sha256:<hex>`` -> ``sha256-<hex>``."""
     algorithm, _, hexpart = digest.partition(":")
     return f"{algorithm}-{hexpart}"[:128]
-
-
-def select_platform(entries: list[Descriptor], platform: Platform | None, where: str) -> Descriptor:
-    """The entry of an index for ``platform`` (linux/amd64 if None)."""
-    wanted = platform or Platform()
-    for entry in entries:
-        if entry.platform and wanted.matches(entry.platform):
-            return entry
-    found = ", ".join(
-        "/".join(
-            str(v)
-            for v in (
-                d.platform.get("os"),
-                d.platform.get("architecture"),
-                d.platform.get("variant"),
-            )
-            if v
-        )
-        for d in entries
-        if d.platform
-    )
-    want = "/".join(v for v in (wanted.os, wanted.architecture, wanted.variant) if v)
-    raise NotFoundError(f"{where}: no manifest for platform {want} (found: {found or 'none'})")
 
 
 def _read_exactly(source: IO[bytes], size: int, what: str) -> bytes:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -69,6 +68,7 @@ from ketch.errors import (
 )
 from ketch.format.digests import sha256_hex
 from ketch.oci import mediatypes as mt
+from ketch.oci.index import empty_index, find_tag, follow_to_manifest, index_with_tag, tag_names
 from ketch.oci.layout import digest_hex
 from ketch.oci.manifest import (
     MAX_MANIFEST_SIZE,
@@ -77,7 +77,6 @@ from ketch.oci.manifest import (
     Platform,
     canonical_json,
     load_json,
-    media_type_of,
     parse_index,
 )
 from ketch.storage.store import ImageStore
@@ -98,7 +97,6 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 MAX_CONNECTIONS = 32
 #: an index may name an index; stop at a sane depth
-MAX_INDEX_DEPTH = 4
 #: a body that breaks off while it is read (after botocore's own retries are over) is
 #: fetched again this many times in all
 BODY_ATTEMPTS = 3
@@ -354,17 +352,12 @@ class S3Store(ImageStore):
     def resolve(
         self, tag: str, platform: Platform | None = None
     ) -> tuple[Descriptor, Manifest, bytes]:
-        where = f"{self.name}:{tag}"
-        descriptor = self._tagged(tag)
-        for _ in range(MAX_INDEX_DEPTH):
-            data = self.read_blob(descriptor.digest, max_size=MAX_MANIFEST_SIZE)
-            kind = descriptor.media_type or media_type_of(data, descriptor.digest)
-            if kind in mt.INDEX_TYPES:
-                entries = parse_index(data, f"{where} index")
-                descriptor = _choose_platform(entries, platform or Platform(), where)
-                continue
-            return descriptor, Manifest.parse(data, f"{where} manifest", kind), data
-        raise UnsupportedError(f"{where}: image indexes nested too deep")
+        return follow_to_manifest(
+            lambda digest: self.read_blob(digest, max_size=MAX_MANIFEST_SIZE),
+            self._tagged(tag),
+            platform,
+            f"{self.name}:{tag}",
+        )
 
     # -- tags (index.json) ------------------------------------------------------------
 
@@ -373,45 +366,26 @@ class S3Store(ImageStore):
         return load_json(self._get(key, "index.json"), self._url(key))
 
     def tags(self) -> list[str]:
-        return [name for name, _ in self._tag_entries()]
+        return tag_names(self._descriptors())
 
-    def _tag_entries(self) -> list[tuple[str, Descriptor]]:
+    def _descriptors(self) -> list[Descriptor]:
         key = self._key("index.json")
-        descriptors = parse_index(canonical_json(self._index_doc()), self._url(key))
-        return [
-            (d.annotations[mt.ANNOTATION_REF_NAME], d)
-            for d in descriptors
-            if mt.ANNOTATION_REF_NAME in d.annotations
-        ]
+        return parse_index(canonical_json(self._index_doc()), self._url(key))
 
     def _tagged(self, tag: str) -> Descriptor:
-        entries = self._tag_entries()
-        matches = [d for name, d in entries if name == tag]
-        if not matches:
-            names = ", ".join(name for name, _ in entries) or "none"
-            raise NotFoundError(f"{self.name}:{tag}: no such tag (tags: {names})")
-        return matches[-1]
+        return find_tag(self._descriptors(), tag, self.name)
 
     def _set_tag(self, tag: str, descriptor: Descriptor) -> None:
         """Point ``tag`` at ``descriptor``: one PUT of index.json (racy, see the module)."""
-        manifests = [
-            m
-            for m in self._index_doc().get("manifests", [])
-            if not (
-                isinstance(m, dict)
-                and (m.get("annotations") or {}).get(mt.ANNOTATION_REF_NAME) == tag
-            )
-        ]
-        annotations = dict(descriptor.annotations)
-        annotations[mt.ANNOTATION_REF_NAME] = tag
-        entry = Descriptor(descriptor.media_type, descriptor.digest, descriptor.size, annotations)
-        manifests.append(entry.to_json())
-        self._write_index(manifests)
+        self._put(
+            self._key("index.json"),
+            index_with_tag(self._index_doc(), tag, descriptor),
+            mt.OCI_INDEX,
+        )
 
     def _write_index(self, manifests: list[Any]) -> None:
         # Byte for byte what OciLayout writes on disk.
-        doc = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}
-        self._put(self._key("index.json"), json.dumps(doc, indent=2).encode() + b"\n", mt.OCI_INDEX)
+        self._put(self._key("index.json"), empty_index(manifests), mt.OCI_INDEX)
 
     # -- the write path ---------------------------------------------------------------
 
@@ -532,16 +506,3 @@ def _file_digest(path: Path) -> str:
         while block := f.read(_COPY_BLOCK):
             sha.update(block)
     return "sha256:" + sha.hexdigest()
-
-
-def _choose_platform(entries: list[Descriptor], platform: Platform, where: str) -> Descriptor:
-    for entry in entries:
-        if entry.platform and platform.matches(entry.platform):
-            return entry
-    found = ", ".join(
-        f"{d.platform.get('os')}/{d.platform.get('architecture')}" for d in entries if d.platform
-    )
-    raise NotFoundError(
-        f"{where}: no manifest for platform {platform.os}/{platform.architecture} "
-        f"(found: {found or 'none'})"
-    )
