@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size
-from ketch.daemon.launcher import start_detached, unmount
+from ketch.daemon.launcher import start_forked, unmount
 from ketch.daemon.state import default_log_file, read_record
 from ketch.errors import NotFoundError
 
 
-def _run_daemon(args: argparse.Namespace, mountpoint: Path) -> int:
+def _run_daemon(args: argparse.Namespace, mountpoint: Path, ready_fd: int | None = None) -> int:
     from ketch.daemon.service import DaemonConfig, run_daemon  # noqa: PLC0415 - FUSE, trio
 
     config = DaemonConfig(
@@ -27,33 +26,17 @@ def _run_daemon(args: argparse.Namespace, mountpoint: Path) -> int:
         cache_size=args.cache_size,
         api_sock=getattr(args, "api_sock", None),
         prefetch_file=args.prefetch_file,
-        ready_fd=getattr(args, "ready_fd", None),
+        ready_fd=ready_fd if ready_fd is not None else getattr(args, "ready_fd", None),
         store_options=store_options(args, args.config_values),
     )
     return run_daemon(config)
 
 
-def _mount_command(args: argparse.Namespace, mountpoint: Path) -> list[str]:
-    """The same mount, as a foreground daemon command line for the launcher."""
-    command = [
-        sys.executable,
-        "-m",
-        "ketch.cli.main",
-        "mount",
-        args.image,
-        str(mountpoint),
-        "--foreground",
-        "--cache-dir",
-        str(args.cache_dir),
-        "--cache-size",
-        str(args.cache_size),
-    ]
-    command += store_options(args, args.config_values).command_line()
-    if getattr(args, "api_sock", None):
-        command += ["--api-sock", str(args.api_sock)]
-    if args.prefetch_file:
-        command += ["--prefetch-file", str(args.prefetch_file.absolute())]
-    return command
+def _start_mount(args: argparse.Namespace, mountpoint: Path) -> int:
+    """A detached daemon serving ``args.image`` at ``mountpoint``; its pid once ready."""
+    return start_forked(
+        lambda ready_fd: _run_daemon(args, mountpoint, ready_fd), default_log_file(mountpoint)
+    )
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -61,7 +44,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.foreground:
         return _run_daemon(args, mountpoint)
     log_file = default_log_file(mountpoint)
-    pid = start_detached(_mount_command(args, mountpoint), log_file)
+    pid = _start_mount(args, mountpoint)
     record = read_record(mountpoint)
     result = {
         "mountpoint": str(mountpoint),
@@ -130,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args=command or None,
         name=args.name,
         remove_mount=args.rm_mount,
-        mount_command=lambda mountpoint: _mount_command(args, mountpoint),
+        start_mount=lambda mountpoint: _start_mount(args, mountpoint),
         store_options=store_options(args, args.config_values),
     )
     return run_in_image(request)

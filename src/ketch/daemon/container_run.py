@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ketch.daemon.launcher import start_detached, unmount
-from ketch.daemon.state import all_records, default_log_file, state_dir
+from ketch.daemon.launcher import unmount
+from ketch.daemon.state import all_records, state_dir
 from ketch.errors import IntegrityError
 from ketch.oci.manifest import load_json
 from ketch.runtime.container import run_image
@@ -25,7 +25,7 @@ class RunRequest:
     args: list[str] | None
     name: str | None
     remove_mount: bool
-    mount_command: Callable[[Path], list[str]]  # the daemon command line for a mountpoint
+    start_mount: Callable[[Path], int]  # starts a daemon for the image at a mountpoint
     store_options: StoreOptions = field(default_factory=StoreOptions)
 
 
@@ -48,7 +48,7 @@ def run_in_image(request: RunRequest) -> int:
     if mountpoint is None:
         mountpoint = state_dir() / "mnt" / descriptor.digest[7:19]
         mountpoint.mkdir(parents=True, exist_ok=True)
-        start_detached(request.mount_command(mountpoint), default_log_file(mountpoint))
+        request.start_mount(mountpoint)
     container_id = request.name or new_container_id()
     try:
         return run_image(

@@ -1,18 +1,24 @@
 """Start a daemon detached from the terminal and wait until it is ready; stop it.
 
-The daemon is a fresh process (not a fork of this one) in its own session. It reports
-readiness, or the reason it failed, on an inherited pipe, so `ketch mount` returns only
-once the mount is usable, or fails with the daemon's own one-line reason.
+The daemon is a fork of the `ketch` process (no second interpreter start, none of the
+command-line imports again) in its own session, its output going to its log file. It
+reports readiness, or the reason it failed, on a pipe, so `ketch mount` returns only once
+the mount is usable, or fails with the daemon's own one-line reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
 import subprocess
+import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from ketch.daemon.state import MountRecord, is_mounted, pid_alive, read_record, remove_record
 from ketch.errors import KetchError, NotFoundError, StorageError
@@ -20,20 +26,72 @@ from ketch.errors import KetchError, NotFoundError, StorageError
 READY = b"ready"
 
 
-def start_detached(command: list[str], log_file: Path, timeout: float = 120.0) -> int:
-    """Run ``command --ready-fd N`` in the background; its pid once it says ready."""
+class _Child(Protocol):
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+class _Forked:
+    """A forked child, with the part of ``subprocess.Popen``'s interface we use."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
+            time.sleep(0.01)
+        return self.returncode or 0
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def start_forked(serve: Callable[[int], int], log_file: Path, timeout: float = 120.0) -> int:
+    """Fork; the child detaches and runs ``serve(ready_fd)``. The child's pid once ready."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
     read_end, write_end = os.pipe()
-    with log_file.open("ab") as log:
-        process = subprocess.Popen(
-            [*command, "--ready-fd", str(write_end)],
-            pass_fds=(write_end,),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        code = 70
+        try:
+            os.close(read_end)
+            os.setsid()
+            log = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            code = serve(write_end)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     os.close(write_end)
+    return _await_ready(_Forked(pid), read_end, log_file, timeout)
+
+
+def _await_ready(process: _Child, read_end: int, log_file: Path, timeout: float) -> int:
     message = b""
     deadline = time.monotonic() + timeout
     try:
@@ -58,7 +116,7 @@ def start_detached(command: list[str], log_file: Path, timeout: float = 120.0) -
             raise StorageError(
                 f"daemon did not become ready in {timeout:.0f}s (log: {log_file})"
             ) from None
-    process.wait(timeout=10)
+    returncode = process.wait(timeout=10)
     text = message.decode(errors="replace").strip()
     if text.startswith("error "):
         code, _, reason = text[len("error ") :].partition(" ")
@@ -66,7 +124,7 @@ def start_detached(command: list[str], log_file: Path, timeout: float = 120.0) -
         error.exit_code = int(code) if code.isdigit() else 1
         raise error
     raise StorageError(
-        f"daemon exited with {process.returncode} before it was ready: {_last_line(log_file)} "
+        f"daemon exited with {returncode} before it was ready: {_last_line(log_file)} "
         f"(log: {log_file})"
     )
 
