@@ -16,6 +16,7 @@ from ketch.errors import UsageError
 MIN_CHUNK_SIZE = 4 << 10
 MAX_CHUNK_SIZE = 16 << 20
 DEFAULT_CHUNK_SIZE = 1 << 20
+Block = bytes | memoryview  # file data as read: views of decompressed blocks where possible
 
 
 def check_chunk_size(size: int) -> int:
@@ -31,17 +32,17 @@ class Chunker(abc.ABC):
         self.chunk_size = check_chunk_size(chunk_size)
 
     @abc.abstractmethod
-    def chunkify(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+    def chunkify(self, blocks: Iterable[Block]) -> Iterator[Block]:
         """Chunks of the concatenated ``blocks``, in order, none empty."""
 
 
 class FixedChunker(Chunker):
     name = "fixed"
 
-    def chunkify(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+    def chunkify(self, blocks: Iterable[Block]) -> Iterator[Block]:
         size = self.chunk_size
         pending = bytearray()
-        held: bytes | None = None  # a short block kept as is, in case it is the last
+        held: Block | None = None  # a short block kept as is, in case it is the last
         for block in blocks:
             if held is not None:
                 pending += held
@@ -65,7 +66,7 @@ class FixedChunker(Chunker):
 class _BlockReader:
     """Adapts an iterable of blocks to the ``read(n)`` FastCDC pulls from."""
 
-    def __init__(self, blocks: Iterable[bytes]) -> None:
+    def __init__(self, blocks: Iterable[Block]) -> None:
         self._blocks = iter(blocks)
         self._buffer = b""
 
@@ -91,7 +92,7 @@ class CdcChunker(Chunker):
             average, min_size=min(average // 4, 1 << 20), max_size=min(average * 4, MAX_CHUNK_SIZE)
         )
 
-    def chunkify(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+    def chunkify(self, blocks: Iterable[Block]) -> Iterator[Block]:
         for chunk in self._cdc.cut_stream(_BlockReader(blocks)):
             # The view is only valid until the next chunk is cut.
             yield bytes(chunk.data)

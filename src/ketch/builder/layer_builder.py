@@ -28,12 +28,12 @@ from ketch.format.digests import DigestAlgorithm
 from ketch.oci.tar_layer import EntryKind, LayerEntry
 
 # A file's data: call with a block size, get its bytes in blocks.
-DataSource = Callable[[int], Iterable[bytes]]
+DataSource = Callable[[int], Iterable[bytes | memoryview]]
 _IN_FLIGHT_BYTES = 64 << 20
 _BATCH_BYTES = 1 << 20
 _BATCH_CHUNKS = 64
 # (digest, (stored bytes, codec) unless the chunk was already known, uncompressed size)
-_Processed = tuple[bytes, tuple[bytes, int] | None, int]
+_Processed = tuple[bytes, tuple[bytes | memoryview, int] | None, int]
 _READ_BLOCK = 1 << 20
 
 
@@ -74,10 +74,10 @@ class LayerBuilder:
         self._pool = pool
         self._on_bytes = on_bytes
 
-    def _process_batch(self, chunks: list[bytes]) -> list[_Processed]:
+    def _process_batch(self, chunks: list[bytes | memoryview]) -> list[_Processed]:
         return [self._hash_and_compress(chunk) for chunk in chunks]
 
-    def _hash_and_compress(self, data: bytes) -> _Processed:
+    def _hash_and_compress(self, data: bytes | memoryview) -> _Processed:
         """Digest, then (stored bytes, codec) unless the chunk is already known."""
         digest = self._algo.digest(data)
         if digest in self._index:
@@ -115,7 +115,7 @@ class LayerBuilder:
         # the main thread more in task handling than the hashing costs the worker.
         inflight: deque[tuple[list[Node], Future[list[_Processed]]]] = deque()
         batch_nodes: list[Node] = []
-        batch_chunks: list[bytes] = []
+        batch_chunks: list[bytes | memoryview] = []
         batch_bytes = 0
         inflight_bytes = 0
         file_bytes = 0

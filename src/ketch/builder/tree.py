@@ -129,7 +129,6 @@ class Tree:
 
         ``entry`` is the layer entry being placed, named in errors (default ``path``).
         """
-        shown = _show(path if entry is None else entry)
         node = self.root
         stack: list[Node] = []
         trail: list[bytes] = []  # the path of ``node`` below the root, symlinks resolved
@@ -151,7 +150,9 @@ class Tree:
             if stat.S_ISLNK(child.mode):
                 hops += 1
                 if hops > _MAX_SYMLINK_HOPS:
-                    raise BadLayerError(f"layer {layer}: too many symlinks resolving {shown}")
+                    raise BadLayerError(
+                        f"layer {layer}: too many symlinks resolving {_show(entry or path)}"
+                    )
                 target = child.link_target
                 parts = [p for p in target.split(b"/") if p not in (b"", b".")]
                 if target.startswith(b"/"):
@@ -161,7 +162,7 @@ class Tree:
             if not child.is_dir:
                 if create:
                     raise BadLayerError(
-                        f"layer {layer}: {shown}: expected a directory at "
+                        f"layer {layer}: {_show(entry or path)}: expected a directory at "
                         f"{_show((*trail, name))}, found a {_kind(child.mode)}"
                     )
                 return None

@@ -268,6 +268,16 @@ class LayerStream:
         self.uncompressed_bytes += len(data)
         return data
 
+    def read_view(self, n: int) -> bytes | memoryview:
+        """Like ``read``, but bytes inside one decompressed block come back as a view of
+        it, not a copy (hashing and compressing take views as they are)."""
+        if 0 <= n <= len(self._buffer):
+            view = self._buffer[:n]
+            self._buffer = self._buffer[n:]
+            self.uncompressed_bytes += n
+            return view
+        return self.read(n)
+
     def tell(self) -> int:
         return self.uncompressed_bytes
 

@@ -275,6 +275,8 @@ class TarHeaderReader:
 
     def __init__(self, stream: IO[bytes], layer: str) -> None:
         self._read = stream.read
+        # Entry data as views of the decompressed blocks where the stream offers them.
+        self._read_data = getattr(stream, "read_view", stream.read)
         self._layer = layer
         self._pos = 0  # bytes consumed from the stream
         self._next = 0  # where the next header block starts
@@ -574,10 +576,10 @@ class TarHeaderReader:
 
     # -- data ---------------------------------------------------------------------------
 
-    def read_data(self, block_size: int) -> Iterator[bytes]:
+    def read_data(self, block_size: int) -> Iterator[bytes | memoryview]:
         """What is left of the current entry's data, ``block_size`` bytes at a time (the
         last block may be short)."""
-        read = self._read
+        read = self._read_data
         while (left := self._data_left) > 0:
             want = block_size if left > block_size else left
             block = read(want)

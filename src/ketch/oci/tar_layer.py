@@ -192,7 +192,7 @@ class LayerReader:
         except (EOFError, OSError) as exc:  # from the stream; a KetchError passes as is
             raise BadLayerError(f"layer {layer}: broken tar: {exc}") from None
 
-    def read_data(self, block_size: int) -> Iterator[bytes]:
+    def read_data(self, block_size: int) -> Iterator[bytes | memoryview]:
         """The current FILE entry's bytes, ``block_size`` at a time (the last may be short).
 
         Each block is exactly ``block_size`` bytes but the last, as ``LayerStream.read``
