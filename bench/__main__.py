@@ -12,10 +12,12 @@ from pathlib import Path
 from bench import (
     bootstrap_lookup,
     cdc_vs_fixed,
+    cold_start,
     convert_speed,
     metadata_walk,
     mount_read,
     mount_time,
+    registry_dedup,
     stored_bytes,
 )
 from bench.context import REPO, WORK_ROOT, Context, ensure_corpus, log, remove
@@ -26,10 +28,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     convert_speed.BENCHMARK,
     bootstrap_lookup.BENCHMARK,
     stored_bytes.BENCHMARK,
+    registry_dedup.BENCHMARK,
     cdc_vs_fixed.BENCHMARK,
     mount_read.BENCHMARK,
     metadata_walk.BENCHMARK,
     mount_time.BENCHMARK,
+    cold_start.BENCHMARK,
 )
 
 
