@@ -347,3 +347,32 @@ def test_recent_chunks_are_served_from_memory(layout: Path, tmp_path: Path) -> N
     m.reader.read(blob, chunks[1:4])  # three more chunks: the first one drops out of memory
     assert m.reader.read(blob, chunks[:1]) == [FOUR[:CHUNK]]
     assert m.cache.hits == 1
+
+
+def test_a_miss_reads_ahead_the_chunks_that_follow_in_the_blob(
+    layout: Path, tmp_path: Path
+) -> None:
+    store = CountingStore(OciLayoutStore.open(layout))
+    image = open_ketch_image(store, "ketch")
+    algo = image.bootstrap.digest_algorithm
+    bootstrap = image.bootstrap
+    digests = [blob.oci_digest for blob in bootstrap.blobs()]
+
+    def blob_chunks(blob: str) -> list[ChunkRecord]:
+        chunks = [c for c in bootstrap.chunks() if digests[c.blob] == blob]
+        return sorted(chunks, key=lambda c: c.compressed_offset)
+
+    reader = CachedChunkReader(
+        ChunkReader(store, algo),
+        ChunkCache(tmp_path / "c", 0, algo),
+        readahead=3 * CHUNK,
+        blob_chunks=blob_chunks,
+    )
+    fs = ImageFS(bootstrap, reader)
+    store.ranges.clear()
+    four = fs.resolve("/four")
+    assert fs.read(four, 0, CHUNK) == FOUR[:CHUNK]
+    assert len(store.ranges) == 1
+    # The next chunks came with the first read: no more range reads for them.
+    assert fs.read(four, CHUNK, 3 * CHUNK) == FOUR[CHUNK:]
+    assert len(store.ranges) == 1

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from ketch.daemon.state import (
     write_record,
 )
 from ketch.errors import KetchError, StorageError, UsageError
+from ketch.format.records import ChunkRecord
 from ketch.fs.image_fs import ImageFS
 from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
@@ -48,6 +50,8 @@ log = logging.getLogger("ketch.daemon")
 
 _PREFETCH_BLOCK = 4 << 20
 READAHEAD_KB = 1024
+# Bytes of the blob after a missed chunk fetched in the same range read.
+DEFAULT_READAHEAD = 512 << 10
 
 
 @dataclass(slots=True)
@@ -60,6 +64,7 @@ class DaemonConfig:
     prefetch_file: Path | None = None
     ready_fd: int | None = None
     max_merge: int = DEFAULT_MAX_MERGE
+    readahead: int = DEFAULT_READAHEAD
     store_options: StoreOptions = field(default_factory=StoreOptions)
 
 
@@ -71,14 +76,32 @@ class _Daemon:
         self.trace = AccessTrace()
         algo = image.bootstrap.digest_algorithm
         self.cache = ChunkCache(config.cache_dir / "chunks", config.cache_size, algo)
+        self._chunks_by_blob: dict[str, list[ChunkRecord]] | None = None
+        self._chunks_lock = threading.Lock()
         self.reader = CachedChunkReader(
             ChunkReader(image.store, algo, max_merge=config.max_merge),
             self.cache,
             write_behind=True,
+            readahead=config.readahead,
+            blob_chunks=self.blob_chunks,
         )
         self.fs = ImageFS(image.bootstrap, self.reader)
         self.ops = KetchOperations(self.fs, self.metrics, self.trace)
         self.api_sock = config.api_sock or default_api_sock(config.mountpoint)
+
+    def blob_chunks(self, blob: str) -> list[ChunkRecord]:
+        """The image's chunks in ``blob``, by offset: built on the first miss, not at mount."""
+        with self._chunks_lock:
+            if self._chunks_by_blob is None:
+                bootstrap = self.image.bootstrap
+                digests = [record.oci_digest for record in bootstrap.blobs()]
+                grouped: dict[str, list[ChunkRecord]] = {digest: [] for digest in digests}
+                for chunk in bootstrap.chunks():
+                    grouped[digests[chunk.blob]].append(chunk)
+                for chunks in grouped.values():
+                    chunks.sort(key=lambda chunk: chunk.compressed_offset)
+                self._chunks_by_blob = grouped
+            return self._chunks_by_blob.get(blob, [])
 
     def daemon_info(self) -> dict[str, object]:
         bootstrap = self.image.bootstrap

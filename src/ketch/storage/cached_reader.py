@@ -27,12 +27,13 @@ waiters have them and the cache has them.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -130,9 +131,17 @@ class CachedChunkReader:
         *,
         memory: int = DEFAULT_MEMORY,
         write_behind: bool = False,
+        readahead: int = 0,
+        blob_chunks: Callable[[str], Sequence[ChunkRecord]] | None = None,
     ) -> None:
         """``write_behind``: fill the cache from a background thread, so that a reader
-        gets its bytes without waiting for the cache file to be written (the daemon)."""
+        gets its bytes without waiting for the cache file to be written (the daemon).
+
+        ``readahead``: on a miss, also fetch the chunks that follow it in the blob, up to
+        this many bytes, in the same range read. Blobs are laid out in tree order, so
+        they are mostly the files a program opens next (its other modules, the rest of
+        a directory): one request instead of many small ones on a slow link.
+        ``blob_chunks`` lists a blob's chunks sorted by offset (from the bootstrap)."""
         if cache is not None and cache.algo != reader.algo:
             raise ValueError(
                 f"chunk cache: expected digest algorithm {reader.algo.label}, "
@@ -149,6 +158,9 @@ class CachedChunkReader:
         self._backend_bytes = 0
         self._memory_hits = 0
         self._recent = _RecentChunks(memory)
+        self._readahead = readahead if blob_chunks is not None else 0
+        self._blob_chunks = blob_chunks
+        self._offsets: dict[str, list[int]] = {}
         self._writes: queue.Queue[tuple[bytes, bytes]] | None = None
         if write_behind and cache is not None:
             self._writes = queue.Queue(_WRITE_BEHIND_CHUNKS)
@@ -276,6 +288,8 @@ class CachedChunkReader:
                 self._cache_misses += len(missing)
             # Blob order, so chunks adjacent in the blob merge whatever the file order.
             missing.sort(key=lambda chunk: chunk.compressed_offset)
+            if missing and self._readahead:
+                missing = self._with_readahead(blob, missing)
             for group in merge_ranges(missing, self.reader.max_merge):
                 if self._fetch(blob, group, flights):
                     continue
@@ -300,8 +314,40 @@ class CachedChunkReader:
             _fail_unresolved(flights, exc)
             return False
         for chunk, data in zip(group, datas, strict=True):
-            flights[chunk.digest].resolve(data, fetched=True)
+            flight = flights.get(chunk.digest)
+            if flight is not None:
+                flight.resolve(data, fetched=True)
+            else:  # read ahead: nobody waits for it yet
+                self._recent.put(chunk.digest, data)
+                self._store(chunk.digest, data)
         return True
+
+    def _with_readahead(self, blob: str, missing: list[ChunkRecord]) -> list[ChunkRecord]:
+        """``missing`` (sorted by offset) plus the uncached chunks that follow each of
+        them in the blob, within the readahead budget, sorted by offset."""
+        if self._blob_chunks is None:
+            return missing
+        ordered = self._blob_chunks(blob)
+        offsets = self._offsets.get(blob)
+        if offsets is None:
+            offsets = self._offsets[blob] = [chunk.compressed_offset for chunk in ordered]
+        wanted = {chunk.compressed_offset: chunk for chunk in missing}
+        for chunk in missing:
+            limit = chunk.compressed_offset + chunk.compressed_size + self._readahead
+            position = bisect.bisect_right(offsets, chunk.compressed_offset)
+            while position < len(ordered):
+                follower = ordered[position]
+                position += 1
+                if follower.compressed_offset + follower.compressed_size > limit:
+                    break  # only whole chunks within the budget
+                if follower.compressed_offset in wanted:
+                    continue
+                if self._recent.get(follower.digest) is not None or (
+                    self.cache is not None and self.cache.probably_has(follower.digest)
+                ):
+                    break  # the rest is likely there too: stop at the first known chunk
+                wanted[follower.compressed_offset] = follower
+        return sorted(wanted.values(), key=lambda chunk: chunk.compressed_offset)
 
     def _land(self, flights: dict[bytes, _Flight]) -> None:
         """Fill the cache with what was fetched, then forget the flights.

@@ -129,6 +129,12 @@ class ChunkCache:
             (self.directory / f"{bucket:02x}").mkdir(exist_ok=True)
         self.refresh()
 
+    def probably_has(self, digest: bytes) -> bool:
+        """From this process's index, without touching the disk: for decisions such as
+        what to read ahead, never for what to serve (``get`` verifies)."""
+        with self._lock:
+            return digest in self._index
+
     # -- counters -------------------------------------------------------------------------
 
     def stats(self) -> CacheStats:
