@@ -191,6 +191,25 @@ def test_mount_from_s3_reads_lazily(
     assert not os.path.ismount(mountpoint)
 
 
+def test_run_a_container_from_s3(
+    s3_image: tuple[str, dict[str, object]], tmp_path: Path, state_dir: Path, endpoint_env: str
+) -> None:
+    reference, _ = s3_image
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint_env, "KETCH_STATE_DIR": str(state_dir)}
+    result = subprocess.run(
+        [*KETCH, "run", reference, "--cache-dir", str(tmp_path / "cache"), "--rm-mount"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '{"ok": true}'
+    mounts = Path("/proc/mounts").read_text()
+    assert str(state_dir) not in mounts  # --rm-mount took the mount down
+
+
 def test_cli_errors_name_the_bucket(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["check", "s3://no-such-bucket-here/images:py1"])
     assert code == NotFoundError.exit_code
