@@ -10,6 +10,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -688,3 +689,49 @@ def test_skopeo_copies_a_ketch_image_with_a_subject_in_a_layout(
     copied = json.loads(_skopeo("inspect", "--raw", f"oci:{tmp_path / 'copy'}:base"))
     assert copied == raw
     assert os.path.isdir(tmp_path / "copy")
+
+
+def test_mount_and_run_from_a_registry(
+    corpus_registry: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_docker_config: Path
+) -> None:
+    """Only the manifest and bootstrap come at mount; chunks by Range; a container runs."""
+    host = corpus_registry
+    dest = f"docker://{host}/ketch-run:py1"
+    _ketch_json(capsys, "convert", f"docker://{host}/corpus:py1", dest)
+    env = {**os.environ, "KETCH_STATE_DIR": str(tmp_path / "state")}
+    ketch = [sys.executable, "-m", "ketch.cli.main"]
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    subprocess.run(
+        [*ketch, "mount", dest, str(mountpoint), "--cache-dir", str(tmp_path / "cache")],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    try:
+        assert (mountpoint / "app" / "main.py").read_bytes().startswith(b"import json")
+        status = json.loads(
+            subprocess.run(
+                [*ketch, "status", str(mountpoint), "--json"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+        assert 0 < status["metrics"]["ketch_backend_read_bytes_total"] < 2 << 20
+    finally:
+        subprocess.run(
+            [*ketch, "umount", str(mountpoint)], env=env, check=True, capture_output=True
+        )
+    result = subprocess.run(
+        [*ketch, "run", dest, "--cache-dir", str(tmp_path / "cache"), "--rm-mount"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '{"ok": true}'
