@@ -328,3 +328,40 @@ def test_overlayfs_over_the_mount(mount: MountFactory, tmp_path: Path) -> None:
         assert sorted(os.listdir(merged / "app")) == sorted([*os.listdir(mounted.path / "app")])
     assert (mounted.path / "app" / "main.py").read_bytes() == original
     assert not (mounted.path / "etc" / "new-file").exists()
+
+
+def test_prefetch_table_from_an_access_trace(
+    mount: MountFactory, corpus_oci: Path, tmp_path: Path
+) -> None:
+    # A first run records what the workload read; the next build stores it in the image.
+    first = mount("py1")
+    subprocess.run(
+        ["chroot", str(first.path), "python3", "/app/main.py"], check=True, capture_output=True
+    )
+    trace = ketch("status", str(first.path), "--paths").stdout.splitlines()
+    # main.py is hardlinked: the trace names its first name, main-link.py
+    assert any(p.startswith("/app/main") for p in trace)
+    assert any(p.startswith("/usr/bin/python3") for p in trace)
+    listing = tmp_path / "trace.txt"
+    listing.write_text("\n".join([*trace, "/app/model.bin", "/no/such/file"]) + "\n")
+    layout = tmp_path / "with-prefetch"
+    ketch("convert", f"oci:{corpus_oci}:py1", f"oci:{layout}:py1", "--prefetch-list", str(listing))
+    info = json.loads(ketch("inspect", f"oci:{layout}:py1", "--json").stdout)
+    assert info["prefetch_files"] == len(set(trace)) + 1  # the missing path is skipped
+    mounted = mount("py1", layout=layout, cache=tmp_path / "cache2")
+    deadline = time.monotonic() + 60
+    while (
+        mounted.metrics()["ketch_prefetch_bytes_total"] < 3_000_000 and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    deadline = time.monotonic() + 60
+    before = -1.0
+    while time.monotonic() < deadline:  # until the prefetch stops fetching
+        now = mounted.metrics()["ketch_backend_read_bytes_total"]
+        if now == before:
+            break
+        before = now
+        time.sleep(0.5)
+    (mounted.path / "app" / "model.bin").read_bytes()
+    assert mounted.metrics()["ketch_backend_read_bytes_total"] == before
+    assert mounted.files()[0]["path"] == "/app/model.bin"

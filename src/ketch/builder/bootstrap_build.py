@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import stat
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from ketch.builder.chunk_index import ChunkIndex
 from ketch.builder.tree import Node
@@ -69,7 +69,9 @@ def flatten(
     chunk_size: int,
     cdc: bool,
     clamp_mtime: int | None = None,
+    prefetch: Sequence[Node] = (),
 ) -> BootstrapTables:
+    """``prefetch``: regular files to fetch first after a mount, in order (§2.7)."""
     # 1. Number inodes breadth-first; count names per inode for nlink.
     order: list[Node] = [root]
     number: dict[int, int] = {id(root): 0}
@@ -178,6 +180,7 @@ def flatten(
         chunkrefs=chunkrefs,
         chunks=chunks,
         blobs=blobs,
+        prefetch=[number[id(node)] for node in prefetch if id(node) in number],
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from ketch.builder.chunk_index import ChunkIndex
 from ketch.builder.chunker import DEFAULT_CHUNK_SIZE, make_chunker
 from ketch.builder.dir_source import directory_entries
 from ketch.builder.layer_builder import DataSource, LayerBuilder, LayerResult
-from ketch.builder.tree import Tree
+from ketch.builder.tree import Node, Tree
 from ketch.errors import BadLayerError, UnsupportedError
 from ketch.format.bootstrap_writer import write_bootstrap
 from ketch.format.codecs import codec_by_name
@@ -31,7 +32,7 @@ from ketch.format.records import FORMAT_VERSION
 from ketch.oci import mediatypes as mt
 from ketch.oci.layer_stream import LayerStream
 from ketch.oci.manifest import Descriptor, Manifest, Platform, canonical_json, load_json
-from ketch.oci.tar_layer import EntryKind, LayerEntry, LayerReader
+from ketch.oci.tar_layer import EntryKind, LayerEntry, LayerReader, clean_path
 from ketch.storage.ketch_image import KetchImage
 from ketch.storage.store import ImageStore
 
@@ -47,6 +48,9 @@ class BuildOptions:
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     chunk_dicts: list[KetchImage] = field(default_factory=list)
     platform: Platform | None = None
+    # Files to fetch first after a mount (an access trace, e.g. from `ketch status --json`),
+    # stored in the bootstrap's prefetch table; paths not in the image are skipped.
+    prefetch_paths: list[str] = field(default_factory=list)
 
 
 class Progress:
@@ -185,6 +189,16 @@ class ImageBuilder:
         )
         self.progress.layer_finished(name)
 
+    def _prefetch_nodes(self) -> list[Node]:
+        nodes: list[Node] = []
+        seen: set[int] = set()
+        for path in self.options.prefetch_paths:
+            node = self.tree.lookup(clean_path(path.encode("utf-8", "surrogateescape")))
+            if _regular(node) and node is not None and id(node) not in seen:
+                seen.add(id(node))
+                nodes.append(node)
+        return nodes
+
     # -- output -----------------------------------------------------------------------
 
     def finish(
@@ -214,6 +228,7 @@ class ImageBuilder:
             chunk_size=self.chunker.chunk_size,
             cdc=self.chunker.name == "cdc",
             clamp_mtime=self.options.source_date_epoch,
+            prefetch=self._prefetch_nodes(),
         )
         for digest in borrowed:
             self.dest.copy_blob_from(self.index.dict_blobs[digest][0], digest)
@@ -281,6 +296,10 @@ class ImageBuilder:
             stored_bytes=sum(b.size for b in tables.blobs),
             seconds=round(time.monotonic() - self._started, 3),
         )
+
+
+def _regular(node: Node | None) -> bool:
+    return node is not None and stat.S_ISREG(node.mode)
 
 
 def _tar_entries(reader: LayerReader) -> Iterator[tuple[LayerEntry, DataSource | None]]:

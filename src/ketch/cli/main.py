@@ -61,6 +61,13 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
         metavar="IMAGE",
         help="reference chunks already stored in this Ketch image's blobs (repeatable)",
     )
+    p.add_argument(
+        "--prefetch-list",
+        type=Path,
+        metavar="LIST",
+        help="files to fetch first after a mount, one path per line (e.g. `ketch status MNT "
+        "--paths` of a previous run), stored in the image's prefetch table",
+    )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="hash/compress threads")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -183,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="what a live mount fetched and which files were read")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--files", type=int, default=20, metavar="N", help="show the first N files read")
+    p.add_argument(
+        "--paths", action="store_true", help="print only the paths read, in first-access order"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run="mount_commands:cmd_status")
 

@@ -85,6 +85,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"daemon": daemon, "metrics": metrics, "files": files}, indent=2))
         return 0
+    if args.paths:
+        for entry in files:
+            print(entry["path"])
+        return 0
     mount = daemon["mounts"][0]
     print(f"{mountpoint}: {mount['image']} (pid {daemon['pid']})")
     print(f"  root digest     {mount['root_digest']}")

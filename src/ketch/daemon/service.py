@@ -133,7 +133,8 @@ class _Daemon:
         return "text/plain; version=0.0.4", m.render().encode()
 
     def prefetch(self, paths: list[str]) -> None:
-        """Fetch the listed files' chunks, in list order, a window at a time.
+        """Fetch the listed files' chunks (else those of the image's own prefetch table),
+        in list order, a window at a time.
 
         A window's chunks are grouped by blob, the gaps between them filled with the
         chunks lying there (when small), and fetched as merged range reads, blobs in
@@ -143,9 +144,11 @@ class _Daemon:
         window: dict[str, dict[int, ChunkRecord]] = {}
         window_bytes = 0
         with ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="prefetch") as pool:
-            for path in paths:
+            targets: list[str | int] = list(paths) or list(self.image.bootstrap.prefetch())
+            for target in targets:
+                path = target if isinstance(target, str) else f"inode {target + 1}"
                 try:
-                    index = self.fs.resolve(path) - 1
+                    index = self.fs.resolve(target) - 1 if isinstance(target, str) else target
                     size = self.image.bootstrap.inode(index).size
                     for _, chunk in self.image.bootstrap.chunks_for_range(index, 0, size):
                         window.setdefault(digests[chunk.blob], {})[chunk.compressed_offset] = chunk
@@ -157,7 +160,7 @@ class _Daemon:
                     self._prefetch_window(pool, window, window_bytes)
                     window, window_bytes = {}, 0
             self._prefetch_window(pool, window, window_bytes)
-        log.info("prefetch done files=%d", len(paths))
+        log.info("prefetch done files=%d", len(targets))
 
     def _prefetch_window(
         self, pool: ThreadPoolExecutor, window: dict[str, dict[int, ChunkRecord]], file_bytes: int
@@ -196,7 +199,7 @@ class _Daemon:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._signals, nursery.cancel_scope)
             nursery.start_soon(self._announce, ready)
-            if prefetch:
+            if prefetch or self.image.bootstrap.superblock.prefetch_count:
                 # One thread of its own: on-demand reads keep the rest of the pool.
                 limiter = trio.CapacityLimiter(1)
                 nursery.start_soon(

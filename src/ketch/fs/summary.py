@@ -53,6 +53,7 @@ def image_summary(image: KetchImage) -> dict[str, Any]:
         "unique_bytes": unique_bytes,
         "stored_bytes": sum(b.size for b in blobs),
         "source_manifest": image.manifest.annotations.get("dev.ketch.source-manifest"),
+        "prefetch_files": bs.superblock.prefetch_count,
     }
 
 
