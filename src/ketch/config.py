@@ -10,7 +10,6 @@ silently fall back to a default). docs/config.example.toml shows every key.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -100,6 +99,9 @@ def _build(kind: type[Any], table: Any, where: str) -> Any:
 
 
 def parse_config(text: str, where: str = "config") -> Config:
+    # Imported here: most nodes have no configuration file, and every command starts here.
+    import tomllib  # noqa: PLC0415
+
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
