@@ -518,6 +518,11 @@ def test_ketch_mount_reads_chunks_from_the_mirror(
         try:
             for path in ["/app/main.py", *_largest_files(tree, 1)]:
                 assert (mountpoint / path[1:]).read_bytes() == (tree / path[1:]).read_bytes()
+            metrics = json.loads(_run([*KETCH, "status", str(mountpoint), "--json"], env))[
+                "metrics"
+            ]
+            assert metrics["ketch_mirror_reads_total"] > 0
+            assert metrics["ketch_mirror_failures_total"] == 0
         finally:
             _run([*KETCH, "umount", str(mountpoint)], env)
         ranged = [r for r in mirror.seen if r.method == "GET" and "Range" in r.headers]

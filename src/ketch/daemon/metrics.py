@@ -69,6 +69,14 @@ class Metrics:
         self.read_bytes = Counter("ketch_read_bytes_total", "Bytes returned to readers")
         self.read_errors = Counter("ketch_read_errors_total", "Reads answered with an error")
         self.prefetch_bytes = Counter("ketch_prefetch_bytes_total", "Bytes of files prefetched")
+        self.mirror_reads = Counter("ketch_mirror_reads_total", "Blob reads served by a mirror")
+        self.origin_fallbacks = Counter(
+            "ketch_origin_fallbacks_total",
+            "Blob reads a mirror could not serve, done at the origin",
+        )
+        self.mirror_failures = Counter(
+            "ketch_mirror_failures_total", "Mirror failures (errors, timeouts, wrong bytes)"
+        )
         self.read_latency = Histogram("ketch_read_latency_seconds", "Latency of FUSE reads")
 
     def add(self, counter: Counter, amount: float = 1) -> None:
@@ -93,6 +101,9 @@ class Metrics:
                 self.read_bytes,
                 self.read_errors,
                 self.prefetch_bytes,
+                self.mirror_reads,
+                self.origin_fallbacks,
+                self.mirror_failures,
                 self.read_latency,
             ]
             return "".join(s.render() for s in series)

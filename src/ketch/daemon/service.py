@@ -130,6 +130,14 @@ class _Daemon:
         m.set(m.backend_read_bytes, self.reader.backend_bytes)
         m.set(m.cache_hits, self.reader.cache_hits + self.reader.memory_hits)
         m.set(m.cache_misses, self.reader.cache_misses)
+        # A store with mirrors counts where its reads went (duck-typed: importing the
+        # registry modules here would slow every mount).
+        stats = getattr(self.image.store, "stats", None)
+        mirror = stats() if callable(stats) else None
+        if mirror is not None and hasattr(mirror, "mirror_reads"):
+            m.set(m.mirror_reads, mirror.mirror_reads)
+            m.set(m.origin_fallbacks, mirror.origin_fallbacks)
+            m.set(m.mirror_failures, mirror.mirror_failures)
         return "text/plain; version=0.0.4", m.render().encode()
 
     def prefetch(self, paths: list[str]) -> None:
