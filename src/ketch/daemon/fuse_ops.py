@@ -23,7 +23,7 @@ import trio
 from ketch.daemon.access_trace import AccessTrace
 from ketch.daemon.metrics import Metrics
 from ketch.errors import IntegrityError, KetchError
-from ketch.fs.image_fs import ROOT_INO, Attr, ImageFS
+from ketch.fs.image_fs import Attr, ImageFS
 
 log = logging.getLogger("ketch.daemon")
 
@@ -196,6 +196,3 @@ class KetchOperations(pyfuse3.Operations):
         data.f_favail = 0
         data.f_namemax = 255
         return data
-
-
-__all__ = ["ROOT_INO", "KetchOperations"]

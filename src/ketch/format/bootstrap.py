@@ -13,7 +13,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from ketch.errors import IntegrityError, NotFoundError, integrity
+from ketch.errors import NotFoundError, integrity
 from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import (
     PREFETCH,
@@ -262,6 +262,3 @@ def _open_superblock(view: memoryview, name: str) -> Superblock:
                 "outside",
             )
     return sb
-
-
-__all__ = ["ROOT_INODE", "Bootstrap", "IntegrityError"]

@@ -224,8 +224,6 @@ class CachedChunkReader:
 
     @property
     def backend_bytes(self) -> int:
-        # Counted here rather than read from ChunkReader.backend_bytes, whose unlocked
-        # ``+=`` can lose updates when many threads read at once.
         return self.stats().backend_bytes
 
     # -- the read path --------------------------------------------------------------------

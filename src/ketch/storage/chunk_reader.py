@@ -37,7 +37,6 @@ class ChunkReader:
         self.store = store
         self.algo = algo
         self.max_merge = max_merge
-        self.backend_bytes = 0
 
     def verify(self, blob: str, chunk: ChunkRecord, compressed: bytes | memoryview) -> bytes:
         """Decompress and check one chunk's bytes."""
@@ -79,7 +78,6 @@ class ChunkReader:
             ]
 
         self.store.read_range_verified(blob, start, end - start, verify_group)
-        self.backend_bytes += end - start
         return verified
 
 
