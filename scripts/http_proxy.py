@@ -24,16 +24,19 @@ import contextlib
 import json
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
+
+try:
+    from scripts.foreground import serve_until_signal
+except ModuleNotFoundError:  # run as a file: its own directory is on sys.path
+    from foreground import serve_until_signal  # type: ignore[import-not-found,no-redef]
 
 PROXY_BINARY = "tinyproxy"
 START_TIMEOUT = 15.0
@@ -217,22 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     except ProxyServerError as exc:
         print(f"http_proxy: {exc}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     print(json.dumps(running.to_json()), flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        while not stop.wait(0.5):
-            if server.process is None or server.process.poll() is not None:
-                print(f"http_proxy: {PROXY_BINARY} exited", file=sys.stderr)
-                server.stop()
-                return 1
-    server.stop()
-    return 0
+    return serve_until_signal(
+        lambda: server.process is not None and server.process.poll() is None,
+        server.stop,
+        "http_proxy",
+    )
 
 
 if __name__ == "__main__":

@@ -37,13 +37,11 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import datetime
 import http.client
 import json
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -53,7 +51,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
 
 import bcrypt
@@ -61,6 +59,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+
+try:
+    from scripts.foreground import serve_until_signal
+except ModuleNotFoundError:  # run as a file: its own directory is on sys.path
+    from foreground import serve_until_signal  # type: ignore[import-not-found,no-redef]
 
 MODES = ("plain", "basic", "token", "mirror")
 REGISTRY_BINARY = "docker-registry"
@@ -483,22 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryServerError as exc:
         print(f"registry: {exc}", file=sys.stderr)
         return 1
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     print(json.dumps(running.to_json()), flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        while not stop.wait(0.5):
-            if server.process is None or server.process.poll() is not None:
-                print(f"registry: {REGISTRY_BINARY} exited", file=sys.stderr)
-                server.stop()
-                return 1
-    server.stop()
-    return 0
+    return serve_until_signal(
+        lambda: server.process is not None and server.process.poll() is None,
+        server.stop,
+        "registry",
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+
+try:
+    from scripts.foreground import serve_until_signal
+except ModuleNotFoundError:  # run as a file: its own directory is on sys.path
+    from foreground import serve_until_signal  # type: ignore[import-not-found,no-redef]
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -159,24 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"s3_server: error: {exc}", file=sys.stderr)
         return 1
     print(endpoint, flush=True)
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        while not stop and server.process is not None and server.process.poll() is None:
-            time.sleep(0.2)
-    finally:
-        code = None if server.process is None else server.process.poll()
-        server.stop()
-    if code is not None:
-        print(f"s3_server: error: the server exited with {code}", file=sys.stderr)
-        return 1
-    return 0
+    return serve_until_signal(
+        lambda: server.process is not None and server.process.poll() is None,
+        server.stop,
+        "s3_server",
+    )
 
 
 if __name__ == "__main__":
