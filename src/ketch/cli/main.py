@@ -200,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.set_defaults(run="mount_commands:cmd_umount")
 
+    p = sub.add_parser(
+        "service", help="the node service: starts mount daemons with no start-up cost"
+    )
+    p.add_argument("action", choices=("start", "stop", "status"))
+    p.add_argument(
+        "--foreground", action="store_true", help="start: serve in this process (for systemd)"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run="mount_commands:cmd_service")
+
     p = sub.add_parser("check", help="verify the bootstrap and every chunk of every blob")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--json", action="store_true")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size
-from ketch.daemon.launcher import start_forked, unmount
+from ketch.daemon.launcher import service_socket, start_forked, start_via_service, unmount
+from ketch.daemon.node_service import daemon_request
 from ketch.daemon.state import default_log_file, read_record
-from ketch.errors import NotFoundError
+from ketch.errors import NotFoundError, StorageError, UsageError
 
 
 def _run_daemon(args: argparse.Namespace, mountpoint: Path, ready_fd: int | None = None) -> int:
@@ -33,10 +34,25 @@ def _run_daemon(args: argparse.Namespace, mountpoint: Path, ready_fd: int | None
 
 
 def _start_mount(args: argparse.Namespace, mountpoint: Path) -> int:
-    """A detached daemon serving ``args.image`` at ``mountpoint``; its pid once ready."""
-    return start_forked(
-        lambda ready_fd: _run_daemon(args, mountpoint, ready_fd), default_log_file(mountpoint)
+    """A detached daemon serving ``args.image`` at ``mountpoint``; its pid once ready.
+
+    The node service starts it if one runs (no imports to pay); else this process forks."""
+    log_file = default_log_file(mountpoint)
+    request = daemon_request(
+        args.image,
+        mountpoint,
+        cache_dir=args.cache_dir,
+        cache_size=args.cache_size,
+        api_sock=getattr(args, "api_sock", None),
+        prefetch_file=args.prefetch_file,
+        store_options=store_options(args, args.config_values),
     )
+    if start_via_service(request, log_file):
+        record = read_record(mountpoint)
+        if record is None:
+            raise StorageError(f"{mountpoint}: the daemon said ready but left no record")
+        return record.pid
+    return start_forked(lambda ready_fd: _run_daemon(args, mountpoint, ready_fd), log_file)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -121,3 +137,46 @@ def cmd_run(args: argparse.Namespace) -> int:
         store_options=store_options(args, args.config_values),
     )
     return run_in_image(request)
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    """ketch service start|stop|status: the node service that starts mount daemons."""
+    from ketch.daemon import node_service  # noqa: PLC0415
+
+    sock = str(service_socket())
+    if args.action == "start":
+        if args.foreground:
+            return node_service.serve_node()
+        running = node_service.service_pid()
+        if running is not None:
+            raise UsageError(f"{sock}: a node service is already running (pid {running})")
+        pid = start_forked(node_service.serve_node, node_service.service_log_file())
+        _say(
+            args,
+            {"state": "running", "pid": pid, "socket": sock},
+            f"node service started (pid {pid}, {sock})",
+        )
+    elif args.action == "stop":
+        pid = node_service.stop_service()
+        _say(
+            args,
+            {"state": "stopped", "pid": pid, "socket": sock},
+            f"node service stopped (pid {pid})",
+        )
+    else:
+        live = node_service.service_pid()
+        if live is None:
+            _say(
+                args, {"state": "stopped", "pid": None, "socket": sock}, "node service not running"
+            )
+            return 3
+        _say(
+            args,
+            {"state": "running", "pid": live, "socket": sock},
+            f"node service running (pid {live}, {sock})",
+        )
+    return 0
+
+
+def _say(args: argparse.Namespace, result: dict[str, object], text: str) -> None:
+    print(json.dumps(result, indent=2) if args.json else text)

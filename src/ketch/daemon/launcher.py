@@ -1,17 +1,22 @@
 """Start a daemon detached from the terminal and wait until it is ready; stop it.
 
-The daemon is a fork of the `ketch` process (no second interpreter start, none of the
-command-line imports again) in its own session, its output going to its log file. It
-reports readiness, or the reason it failed, on a pipe, so `ketch mount` returns only once
-the mount is usable, or fails with the daemon's own one-line reason.
+With a node service running (``ketch service start``), the service forks the daemon from
+a process that has imported everything already (``node_service``), and the daemon
+answers on the request's connection. Without one, the daemon is a fork of the `ketch`
+process (no second interpreter start, none of the command-line imports again). Either way
+it runs in its own session, its output going to its log file, and reports readiness, or
+the reason it failed, so `ketch mount` returns only once the mount is usable, or fails
+with the daemon's own one-line reason.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from ketch.daemon.state import MountRecord, is_mounted, pid_alive, read_record, remove_record
+from ketch.daemon.state import (
+    MountRecord,
+    is_mounted,
+    pid_alive,
+    read_record,
+    remove_record,
+    state_dir,
+)
 from ketch.errors import KetchError, NotFoundError, StorageError
 
 READY = b"ready"
@@ -91,21 +103,40 @@ def start_forked(serve: Callable[[int], int], log_file: Path, timeout: float = 1
     return _await_ready(_Forked(pid), read_end, log_file, timeout)
 
 
-def _await_ready(process: _Child, read_end: int, log_file: Path, timeout: float) -> int:
+def _read_message(fd: int, deadline: float) -> bytes:
+    """What the daemon said on ``fd`` (closed here): ``ready``, ``error ...``, or nothing
+    when it closed its end without a word (it died) or the deadline passed."""
     message = b""
-    deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([read_end], [], [], 0.2)
+            ready, _, _ = select.select([fd], [], [], 0.2)
             if ready:
-                chunk = os.read(read_end, 4096)
+                chunk = os.read(fd, 4096)
                 if not chunk:
-                    break  # the daemon closed the pipe: it said what it had to say, or died
+                    break  # the daemon closed its end: it said what it had to say, or died
                 message += chunk
                 if message.startswith(READY):
-                    return process.pid
+                    break
     finally:
-        os.close(read_end)
+        os.close(fd)
+    return message
+
+
+def _raise_reported(message: bytes) -> None:
+    """Raise the daemon's own ``error CODE REASON`` as a ``KetchError``."""
+    text = message.decode(errors="replace").strip()
+    if text.startswith("error "):
+        code, _, reason = text[len("error ") :].partition(" ")
+        error = KetchError(reason)
+        error.exit_code = int(code) if code.isdigit() else 1
+        raise error
+
+
+def _await_ready(process: _Child, read_end: int, log_file: Path, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    message = _read_message(read_end, deadline)
+    if message.startswith(READY):
+        return process.pid
     if not message:
         # The pipe closed without a word: the daemon died, or is about to.
         try:
@@ -117,15 +148,53 @@ def _await_ready(process: _Child, read_end: int, log_file: Path, timeout: float)
                 f"daemon did not become ready in {timeout:.0f}s (log: {log_file})"
             ) from None
     returncode = process.wait(timeout=10)
-    text = message.decode(errors="replace").strip()
-    if text.startswith("error "):
-        code, _, reason = text[len("error ") :].partition(" ")
-        error = KetchError(reason)
-        error.exit_code = int(code) if code.isdigit() else 1
-        raise error
+    _raise_reported(message)
     raise StorageError(
         f"daemon exited with {returncode} before it was ready: {_last_line(log_file)} "
         f"(log: {log_file})"
+    )
+
+
+def service_socket() -> Path:
+    """Where the node service (``ketch service start``) listens."""
+    return state_dir() / "service.sock"
+
+
+def start_via_service(request: dict[str, object], log_file: Path, timeout: float = 120.0) -> bool:
+    """Ask the node service to start a mount daemon for ``request`` (``DaemonConfig``'s
+    fields as JSON) and wait until it is ready. False when no service is running: the
+    caller starts its own daemon. The daemon answers on this very connection."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(service_socket()))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return False  # no service on this node (or a stale socket of a dead one)
+    except OSError as exc:
+        sock.close()
+        raise StorageError(
+            f"{service_socket()}: cannot reach the node service: {exc.strerror}"
+        ) from None
+    body = {"daemon": request, "env": dict(os.environ), "cwd": os.getcwd()}
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(json.dumps(body).encode() + b"\n")
+        sock.shutdown(socket.SHUT_WR)
+    except OSError as exc:
+        sock.close()
+        raise StorageError(f"{service_socket()}: node service request failed: {exc}") from None
+    deadline = time.monotonic() + timeout
+    message = _read_message(sock.detach(), deadline)
+    if message.startswith(READY):
+        return True
+    _raise_reported(message)
+    if message:
+        raise StorageError(f"node service: unexpected answer {message[:80]!r}")
+    if time.monotonic() >= deadline:
+        raise StorageError(f"daemon did not become ready in {timeout:.0f}s (log: {log_file})")
+    raise StorageError(
+        f"daemon started by the node service stopped before it was ready: "
+        f"{_last_line(log_file)} (log: {log_file})"
     )
 
 

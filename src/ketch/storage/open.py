@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ketch.errors import UnsupportedError
+from ketch.errors import UnsupportedError, UsageError
 from ketch.oci.reference import (
     ImageReference,
     OciLayoutReference,
@@ -38,6 +38,60 @@ class StoreOptions:
     proxy: str | None = None  # HTTP proxy for registry traffic (origin and mirrors)
     mirrors: tuple[str, ...] = ()  # registry mirror URLs for blob reads, tried in order
     health_check_interval: float = DEFAULT_HEALTH_CHECK_INTERVAL  # a failed mirror rests
+
+    def to_json(self) -> dict[str, object]:
+        """Plain JSON values, for a daemon started by the node service on our behalf."""
+        return {
+            "creds": self.creds,
+            "tls_verify": self.tls_verify,
+            "ca_file": None if self.ca_file is None else str(self.ca_file),
+            "docker_config": None if self.docker_config is None else str(self.docker_config),
+            "connect_timeout": self.connect_timeout,
+            "read_timeout": self.read_timeout,
+            "retries": self.retries,
+            "endpoint_url": self.endpoint_url,
+            "proxy": self.proxy,
+            "mirrors": list(self.mirrors),
+            "health_check_interval": self.health_check_interval,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> StoreOptions:
+        """The inverse of ``to_json``; a malformed value is a ``UsageError``."""
+        if not isinstance(data, dict) or set(data) != set(cls.__dataclass_fields__):
+            raise UsageError("store options: expected an object with exactly the known keys")
+
+        def text(key: str) -> str | None:
+            value = data[key]
+            if value is not None and not isinstance(value, str):
+                raise UsageError(f"store options {key!r}: expected a string")
+            return value
+
+        def number(key: str) -> float:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UsageError(f"store options {key!r}: expected a number")
+            return float(value)
+
+        mirrors = data["mirrors"]
+        if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
+            raise UsageError("store options 'mirrors': expected a list of strings")
+        if not isinstance(data["tls_verify"], bool):
+            raise UsageError("store options 'tls_verify': expected a boolean")
+        ca_file, docker_config = text("ca_file"), text("docker_config")
+        return cls(
+            creds=text("creds"),
+            tls_verify=data["tls_verify"],
+            ca_file=None if ca_file is None else Path(ca_file),
+            docker_config=None if docker_config is None else Path(docker_config),
+            connect_timeout=number("connect_timeout"),
+            read_timeout=number("read_timeout"),
+            retries=int(number("retries")),
+            endpoint_url=text("endpoint_url"),
+            proxy=text("proxy"),
+            mirrors=tuple(mirrors),
+            health_check_interval=number("health_check_interval"),
+        )
 
     def command_line(self) -> list[str]:
         """The same options as `ketch` arguments, for a daemon started on our behalf."""

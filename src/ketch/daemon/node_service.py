@@ -1,0 +1,321 @@
+"""The node service: one long-lived process per node that starts mount daemons.
+
+A mount daemon started by `ketch mount` itself pays for its imports (FUSE, trio, the
+registry and S3 clients) on every mount, a few hundred milliseconds on a cold node.
+The service pays them once: it imports everything a daemon needs, then waits on a unix
+socket (``service.sock`` in the state directory, root only). For each request it forks
+twice; the grandchild, in its own session and re-parented to init, becomes the mount
+daemon with the client's environment and working directory, and answers the client on
+the request's own connection (``ready``, or ``error CODE REASON``), exactly as a daemon
+forked by `ketch mount` answers on its pipe. The service holds no mount state and never
+starts a thread (fork and threads do not mix): stopping it leaves every mount serving.
+
+The request is one JSON object: ``{"daemon": {...}, "env": {...}, "cwd": "..."}``, where
+``daemon`` holds ``DaemonConfig``'s fields (``daemon_request`` below).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ketch.daemon.launcher import service_socket, signal_ready
+from ketch.daemon.state import default_log_file, pid_alive, state_dir
+from ketch.errors import KetchError, NotFoundError, UsageError
+from ketch.storage.open import StoreOptions
+
+log = logging.getLogger("ketch.service")
+
+# Everything a daemon may import, so that no daemon imports anything after the fork.
+_PRELOAD = (
+    "ketch.daemon.service",
+    "ketch.storage.registry_store",
+    "ketch.storage.registry_client",
+    "ketch.storage.mirrored_store",
+    "ketch.storage.s3_store",
+)
+_MAX_REQUEST = 1 << 20
+_REQUEST_TIMEOUT = 10.0  # seconds a client has to send its request
+_DAEMON_KEYS = frozenset(
+    {"image", "mountpoint", "cache_dir", "cache_size", "api_sock", "prefetch_file", "store_options"}
+)
+
+
+def pid_file() -> Path:
+    return state_dir() / "service.pid"
+
+
+def service_log_file() -> Path:
+    return state_dir() / "logs" / "service.log"
+
+
+def daemon_request(
+    image: str,
+    mountpoint: Path,
+    *,
+    cache_dir: Path,
+    cache_size: int,
+    api_sock: Path | None,
+    prefetch_file: Path | None,
+    store_options: StoreOptions,
+) -> dict[str, object]:
+    """A mount daemon's configuration as the service's request carries it."""
+    return {
+        "image": image,
+        "mountpoint": str(mountpoint),
+        "cache_dir": str(cache_dir),
+        "cache_size": cache_size,
+        "api_sock": None if api_sock is None else str(api_sock),
+        "prefetch_file": None if prefetch_file is None else str(prefetch_file),
+        "store_options": store_options.to_json(),
+    }
+
+
+def _optional_path(data: dict[str, Any], key: str) -> Path | None:
+    value = data[key]
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"node service request {key!r}: expected a path")
+    return Path(value)
+
+
+def _parse_request(raw: bytes) -> tuple[dict[str, Any], dict[str, str], str]:
+    """The daemon fields, environment and working directory of a request."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"node service request: not JSON ({exc})") from None
+    if not isinstance(body, dict) or set(body) != {"daemon", "env", "cwd"}:
+        raise UsageError("node service request: expected an object with daemon, env and cwd")
+    daemon, env, cwd = body["daemon"], body["env"], body["cwd"]
+    if not isinstance(daemon, dict) or set(daemon) != _DAEMON_KEYS:
+        raise UsageError(f"node service request 'daemon': expected the keys {sorted(_DAEMON_KEYS)}")
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise UsageError("node service request 'env': expected strings")
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        raise UsageError("node service request 'cwd': expected an absolute path")
+    for key in ("image", "mountpoint", "cache_dir"):
+        if not isinstance(daemon[key], str) or not daemon[key]:
+            raise UsageError(f"node service request {key!r}: expected a string")
+    size = daemon["cache_size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise UsageError("node service request 'cache_size': expected a byte count")
+    for key in ("api_sock", "prefetch_file"):
+        _optional_path(daemon, key)
+    StoreOptions.from_json(daemon["store_options"])
+    return daemon, env, cwd
+
+
+def _run_requested_daemon(daemon: dict[str, Any], ready_fd: int) -> int:
+    """In the forked daemon: mount and serve as ``ketch mount`` would."""
+    from ketch.daemon.service import DaemonConfig, run_daemon  # noqa: PLC0415 - preloaded
+
+    config = DaemonConfig(
+        image=daemon["image"],
+        mountpoint=Path(daemon["mountpoint"]),
+        cache_dir=Path(daemon["cache_dir"]),
+        cache_size=daemon["cache_size"],
+        api_sock=_optional_path(daemon, "api_sock"),
+        prefetch_file=_optional_path(daemon, "prefetch_file"),
+        ready_fd=ready_fd,
+        store_options=StoreOptions.from_json(daemon["store_options"]),
+    )
+    return run_daemon(config)
+
+
+class _StopRequestedError(Exception):
+    """SIGTERM or SIGINT: the service stops listening."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _StopRequestedError
+
+
+def _peer_allowed(conn: socket.socket) -> bool:
+    """Only root and the service's own user may start daemons (the socket is 0600 too)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _, uid, _ = struct.unpack("3i", creds)
+    return uid in (0, os.getuid())
+
+
+def _receive(conn: socket.socket) -> bytes:
+    conn.settimeout(_REQUEST_TIMEOUT)
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        part = conn.recv(65536)
+        if not part:
+            return b"".join(parts)
+        size += len(part)
+        if size > _MAX_REQUEST:
+            raise UsageError(f"node service request: over {_MAX_REQUEST} bytes")
+        parts.append(part)
+
+
+def _answer_error(conn: socket.socket, error: KetchError) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(f"error {error.exit_code} {error.message}\n".encode())
+
+
+def _fork_daemon(listener: socket.socket, conn: socket.socket, request: bytes) -> None:
+    """Fork the daemon for ``request``; it answers on ``conn``. Returns in the service."""
+    daemon, env, cwd = _parse_request(request)
+    log_file = default_log_file(Path(daemon["mountpoint"]))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)  # the middle process exits at once; the daemon is init's child
+        return
+    code = 70
+    try:
+        listener.close()
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(cwd)
+        code = _run_requested_daemon(daemon, conn.detach())
+    except KetchError as exc:
+        _answer_error(conn, exc)
+        code = exc.exit_code
+    except BaseException as exc:  # a bug: say it on the connection, trace it in the log
+        import traceback  # noqa: PLC0415
+
+        traceback.print_exc()
+        _answer_error(conn, KetchError(f"daemon failed: {type(exc).__name__}: {exc}"))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _listen(path: Path) -> socket.socket:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # left by a service that died
+        else:
+            raise UsageError(f"{path}: a node service is already running")
+        finally:
+            probe.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    except OSError as exc:
+        listener.close()
+        raise UsageError(f"{path}: cannot listen: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    listener.listen(64)
+    return listener
+
+
+def _preload() -> None:
+    for name in _PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # an optional client missing: its daemons import it later
+            log.warning("preload skipped module=%s error=%r", name, str(exc))
+
+
+def serve_node(ready_fd: int | None = None) -> int:
+    """Run the node service in this process until SIGTERM or SIGINT; the exit code."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("ts=%(asctime)s level=%(levelname)s pid=%(process)d msg=%(message)s")
+    )
+    logging.getLogger("ketch").handlers[:] = [handler]
+    logging.getLogger("ketch").setLevel(logging.INFO)
+    path = service_socket()
+    try:
+        _preload()
+        listener = _listen(path)
+    except KetchError as exc:
+        log.error("service failed error=%r", exc.message)
+        signal_ready(ready_fd, exc)
+        return exc.exit_code
+    pid_file().write_text(f"{os.getpid()}\n")
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Objects alive now are shared by every daemon forked later: keep the collector from
+    # touching (and so copying) their pages in each child.
+    gc.freeze()
+    log.info("node service listening socket=%s", path)
+    signal_ready(ready_fd)
+    try:
+        while True:
+            conn, _ = listener.accept()
+            with conn:
+                try:
+                    if not _peer_allowed(conn):
+                        raise UsageError("node service: permission denied")
+                    _fork_daemon(listener, conn, _receive(conn))
+                except KetchError as exc:
+                    log.warning("request refused error=%r", exc.message)
+                    _answer_error(conn, exc)
+                except OSError as exc:
+                    log.warning("request failed error=%r", str(exc))
+    except _StopRequestedError:
+        log.info("node service stopping")
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            pid_file().unlink()
+    return 0
+
+
+def service_pid() -> int | None:
+    """The live node service's pid, or None."""
+    try:
+        pid = int(pid_file().read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) and service_socket().exists() else None
+
+
+def stop_service(timeout: float = 10.0) -> int:
+    """SIGTERM the node service and wait for it to go; its pid."""
+    import time  # noqa: PLC0415
+
+    pid = service_pid()
+    if pid is None:
+        raise NotFoundError(f"{service_socket()}: no node service is running")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    return pid

@@ -1,0 +1,110 @@
+"""The node service: mounts started through it behave as mounts started by `ketch mount`,
+errors come back as the same one-line errors, and stopping it leaves mounts serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ketch.daemon.state import read_record
+
+KETCH = [sys.executable, "-m", "ketch.cli.main"]
+
+
+def ketch(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*KETCH, *args], capture_output=True, text=True, check=False, timeout=300
+    )
+    if check and result.returncode != 0:
+        pytest.fail(f"ketch {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def base_layout(corpus_oci: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    layout = tmp_path_factory.mktemp("service-layout")
+    ketch("convert", f"oci:{corpus_oci}:base", f"oci:{layout}:base")
+    return layout
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private state dir; every mount and the service are stopped at the end."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("KETCH_STATE_DIR", str(state))
+    yield state
+    for record in (state / "mounts").glob("*.json") if (state / "mounts").exists() else []:
+        subprocess.run(
+            [*KETCH, "umount", json.loads(record.read_text())["mountpoint"]],
+            capture_output=True,
+            check=False,
+        )
+    subprocess.run([*KETCH, "service", "stop"], capture_output=True, check=False)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_mount_through_the_service(state: Path, base_layout: Path, tmp_path: Path) -> None:
+    started = json.loads(ketch("service", "start", "--json").stdout)
+    assert json.loads(ketch("service", "status", "--json").stdout)["pid"] == started["pid"]
+    assert ketch("service", "start", check=False).returncode != 0  # one per state dir
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = json.loads(
+        ketch(
+            "mount",
+            f"oci:{base_layout}:base",
+            str(mountpoint),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--json",
+        ).stdout
+    )
+    record = read_record(mountpoint)
+    assert record is not None and record.pid == result["pid"]
+    # The daemon is the service's grandchild, not a child of the `ketch mount` process.
+    assert _parent(record.pid) != started["pid"]
+    assert os.readlink(mountpoint / "bin") == "usr/bin"
+    assert (mountpoint / "etc" / "debian_version").read_text().strip()
+    # Stopping the service leaves the mount serving; umount still stops its daemon.
+    ketch("service", "stop")
+    assert ketch("service", "status", check=False).returncode == 3
+    assert (mountpoint / "etc" / "os-release").read_text().startswith("PRETTY_NAME")
+    ketch("umount", str(mountpoint))
+    assert read_record(mountpoint) is None and not os.path.ismount(mountpoint)
+
+
+def test_daemon_errors_come_back_as_one_line(
+    state: Path, base_layout: Path, tmp_path: Path
+) -> None:
+    ketch("service", "start")
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    missing = ketch("mount", f"oci:{base_layout}:nosuchtag", str(mountpoint), check=False)
+    assert missing.returncode not in (0, 70)
+    assert missing.stderr.count("\n") == 1 and "nosuchtag" in missing.stderr
+    not_a_dir = ketch("mount", f"oci:{base_layout}:base", str(tmp_path / "none"), check=False)
+    assert not_a_dir.returncode == 2 and "not a directory" in not_a_dir.stderr
+    assert not os.path.ismount(mountpoint)
+
+
+def test_malformed_requests_are_refused(state: Path) -> None:
+    ketch("service", "start")
+    for request in (b"not json", b'{"daemon": {}, "env": {}, "cwd": "/"}', b"[]"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(state / "service.sock"))
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+            answer = sock.makefile("rb").read()
+        assert answer.startswith(b"error 2 node service request"), answer
+    # The service still serves after refusing them.
+    assert json.loads(ketch("service", "status", "--json").stdout)["state"] == "running"
