@@ -108,3 +108,26 @@ def test_malformed_requests_are_refused(state: Path) -> None:
         assert answer.startswith(b"error 2 node service request"), answer
     # The service still serves after refusing them.
     assert json.loads(ketch("service", "status", "--json").stdout)["state"] == "running"
+
+
+def test_run_through_the_service_reuses_its_mount(
+    state: Path, base_layout: Path, tmp_path: Path
+) -> None:
+    ketch("service", "start")
+    image = f"oci:{base_layout}:base"
+    cache = str(tmp_path / "cache")
+    first = ketch("run", image, "--cache-dir", cache, "--", "cat", "/etc/debian_version")
+    assert first.stdout.strip() and first.stdout.strip()[0].isdigit()
+    records = list((state / "mounts").glob("*.json"))
+    assert len(records) == 1  # the mount stays for the next run
+    record = json.loads(records[0].read_text())
+    assert Path(record["mountpoint"]).parent == state / "mnt"
+    ketch("run", image, "--cache-dir", cache, "--rm-mount", "--", "true")
+    again = ketch("run", image, "--cache-dir", cache, "--", "sh", "-c", "exit 7", check=False)
+    assert again.returncode == 7
+    # Every run found the same live mount; --rm-mount leaves a mount it did not make.
+    assert [json.loads(r.read_text())["pid"] for r in (state / "mounts").glob("*.json")] == [
+        record["pid"]
+    ]
+    missing = ketch("run", f"oci:{base_layout}:nosuchtag", "--cache-dir", cache, check=False)
+    assert missing.returncode not in (0, 70) and "nosuchtag" in missing.stderr

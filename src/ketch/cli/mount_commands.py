@@ -12,7 +12,7 @@ from pathlib import Path
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size
 from ketch.daemon.launcher import service_socket, start_forked, start_via_service, unmount
-from ketch.daemon.node_service import daemon_request
+from ketch.daemon.node_service import daemon_request, requests_log_file
 from ketch.daemon.state import default_log_file, read_record
 from ketch.errors import NotFoundError, StorageError, UsageError
 
@@ -33,12 +33,8 @@ def _run_daemon(args: argparse.Namespace, mountpoint: Path, ready_fd: int | None
     return run_daemon(config)
 
 
-def _start_mount(args: argparse.Namespace, mountpoint: Path) -> int:
-    """A detached daemon serving ``args.image`` at ``mountpoint``; its pid once ready.
-
-    The node service starts it if one runs (no imports to pay); else this process forks."""
-    log_file = default_log_file(mountpoint)
-    request = daemon_request(
+def _daemon_request(args: argparse.Namespace, mountpoint: Path | None) -> dict[str, object]:
+    return daemon_request(
         args.image,
         mountpoint,
         cache_dir=args.cache_dir,
@@ -47,7 +43,14 @@ def _start_mount(args: argparse.Namespace, mountpoint: Path) -> int:
         prefetch_file=args.prefetch_file,
         store_options=store_options(args, args.config_values),
     )
-    if start_via_service(request, log_file):
+
+
+def _start_mount(args: argparse.Namespace, mountpoint: Path) -> int:
+    """A detached daemon serving ``args.image`` at ``mountpoint``; its pid once ready.
+
+    The node service starts it if one runs (no imports to pay); else this process forks."""
+    log_file = default_log_file(mountpoint)
+    if start_via_service(_daemon_request(args, mountpoint), log_file) is not None:
         record = read_record(mountpoint)
         if record is None:
             raise StorageError(f"{mountpoint}: the daemon said ready but left no record")
@@ -134,6 +137,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         name=args.name,
         remove_mount=args.rm_mount,
         start_mount=lambda mountpoint: _start_mount(args, mountpoint),
+        mount_via_service=lambda: start_via_service(
+            _daemon_request(args, None), requests_log_file()
+        ),
         store_options=store_options(args, args.config_values),
     )
     return run_in_image(request)

@@ -1,7 +1,9 @@
 """`ketch run`: a container on a lazily mounted image.
 
 Reuses a live mount of the same image (same manifest digest) or starts a daemon for
-it, then runs the image's command with runc on an overlayfs upper over the mount.
+it, then runs the image's command with runc on an overlayfs upper over the mount. With a
+node service running, its daemon resolves the image and finds or makes the mount, so this
+process never loads the registry client.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ketch.daemon.launcher import unmount
-from ketch.daemon.state import all_records, state_dir
+from ketch.daemon.state import image_mountpoint, live_mount, state_dir
 from ketch.errors import IntegrityError
 from ketch.oci.manifest import load_json
 from ketch.runtime.container import run_image
@@ -26,31 +29,41 @@ class RunRequest:
     name: str | None
     remove_mount: bool
     start_mount: Callable[[Path], int]  # starts a daemon for the image at a mountpoint
+    # asks the node service to mount the image (or find a live mount of it): the daemon's
+    # ready info, or None when no service runs
+    mount_via_service: Callable[[], dict[str, Any] | None] = lambda: None
     store_options: StoreOptions = field(default_factory=StoreOptions)
 
 
-def _live_mount(manifest_digest: str) -> Path | None:
-    for record in all_records():
-        if record.manifest_digest == manifest_digest and record.alive():
-            return Path(record.mountpoint)
-    return None
+def _mount(request: RunRequest) -> tuple[Path, dict[str, Any], bool]:
+    """The image's mountpoint, its config, and whether this run mounted it."""
+    info = request.mount_via_service()
+    if info is not None:
+        config = info.get("config")
+        if not isinstance(config, dict) or not isinstance(info.get("mountpoint"), str):
+            raise IntegrityError(
+                f"{request.image}: node service: expected a mountpoint and a config"
+            )
+        return Path(info["mountpoint"]), config, bool(info.get("started"))
+    store, tag = open_store_with(request.image, request.store_options)
+    descriptor, manifest, _ = store.resolve(tag)
+    config = load_json(store.read_blob(manifest.config.digest, max_size=4 << 20), "image config")
+    mountpoint = live_mount(descriptor.digest)
+    if mountpoint is not None:
+        return mountpoint, config, False
+    mountpoint = image_mountpoint(descriptor.digest)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    request.start_mount(mountpoint)
+    return mountpoint, config, True
 
 
 def run_in_image(request: RunRequest) -> int:
     """Mount (or reuse a mount), run the container, clean up; the container's exit code."""
-    store, tag = open_store_with(request.image, request.store_options)
-    descriptor, manifest, _ = store.resolve(tag)
-    config = load_json(store.read_blob(manifest.config.digest, max_size=4 << 20), "image config")
-    if not isinstance(config.get("config", {}), dict):
-        raise IntegrityError(f"{request.image}: image config 'config': expected an object")
-    mountpoint = _live_mount(descriptor.digest)
-    started = mountpoint is None
-    if mountpoint is None:
-        mountpoint = state_dir() / "mnt" / descriptor.digest[7:19]
-        mountpoint.mkdir(parents=True, exist_ok=True)
-        request.start_mount(mountpoint)
-    container_id = request.name or new_container_id()
+    mountpoint, config, started = _mount(request)
     try:
+        if not isinstance(config.get("config", {}), dict):
+            raise IntegrityError(f"{request.image}: image config 'config': expected an object")
+        container_id = request.name or new_container_id()
         return run_image(
             mountpoint,
             config,

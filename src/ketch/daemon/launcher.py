@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ketch.daemon.state import (
     MountRecord,
@@ -115,7 +115,7 @@ def _read_message(fd: int, deadline: float) -> bytes:
                 if not chunk:
                     break  # the daemon closed its end: it said what it had to say, or died
                 message += chunk
-                if message.startswith(READY):
+                if message.startswith(READY) and message.endswith(b"\n"):
                     break
     finally:
         os.close(fd)
@@ -160,16 +160,19 @@ def service_socket() -> Path:
     return state_dir() / "service.sock"
 
 
-def start_via_service(request: dict[str, object], log_file: Path, timeout: float = 120.0) -> bool:
+def start_via_service(
+    request: dict[str, object], log_file: Path, timeout: float = 120.0
+) -> dict[str, Any] | None:
     """Ask the node service to start a mount daemon for ``request`` (``DaemonConfig``'s
-    fields as JSON) and wait until it is ready. False when no service is running: the
-    caller starts its own daemon. The daemon answers on this very connection."""
+    fields as JSON) and wait until it is ready; what the daemon said with its ``ready``
+    (``{}`` for a plain mount). None when no service is running: the caller starts its
+    own daemon. The daemon answers on this very connection."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(service_socket()))
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
-        return False  # no service on this node (or a stale socket of a dead one)
+        return None  # no service on this node (or a stale socket of a dead one)
     except OSError as exc:
         sock.close()
         raise StorageError(
@@ -185,8 +188,8 @@ def start_via_service(request: dict[str, object], log_file: Path, timeout: float
         raise StorageError(f"{service_socket()}: node service request failed: {exc}") from None
     deadline = time.monotonic() + timeout
     message = _read_message(sock.detach(), deadline)
-    if message.startswith(READY):
-        return True
+    if message.startswith(READY) and message.endswith(b"\n"):
+        return _ready_info(message)
     _raise_reported(message)
     if message:
         raise StorageError(f"node service: unexpected answer {message[:80]!r}")
@@ -198,6 +201,19 @@ def start_via_service(request: dict[str, object], log_file: Path, timeout: float
     )
 
 
+def _ready_info(message: bytes) -> dict[str, Any]:
+    text = message[len(READY) :].strip()
+    if not text:
+        return {}
+    try:
+        info = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        raise StorageError(f"node service: unexpected answer {message[:80]!r}")
+    return info
+
+
 def _last_line(log_file: Path) -> str:
     try:
         lines = log_file.read_text(errors="replace").strip().splitlines()
@@ -206,12 +222,18 @@ def _last_line(log_file: Path) -> str:
     return lines[-1] if lines else "no log"
 
 
-def signal_ready(fd: int | None, error: KetchError | None = None) -> None:
+def signal_ready(
+    fd: int | None, error: KetchError | None = None, info: dict[str, Any] | None = None
+) -> None:
+    """Say ``ready`` (with ``info`` as JSON, for the node service's clients) or the error."""
     if fd is None:
         return
-    message = (
-        READY + b"\n" if error is None else f"error {error.exit_code} {error.message}\n".encode()
-    )
+    if error is not None:
+        message = f"error {error.exit_code} {error.message}\n".encode()
+    elif info is not None:
+        message = READY + b" " + json.dumps(info, separators=(",", ":")).encode() + b"\n"
+    else:
+        message = READY + b"\n"
     try:
         os.write(fd, message)
     finally:

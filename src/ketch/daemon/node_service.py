@@ -31,7 +31,13 @@ from types import FrameType
 from typing import Any
 
 from ketch.daemon.launcher import service_socket, signal_ready
-from ketch.daemon.state import default_log_file, pid_alive, state_dir
+from ketch.daemon.state import (
+    default_log_file,
+    image_mountpoint,
+    live_mount,
+    pid_alive,
+    state_dir,
+)
 from ketch.errors import KetchError, NotFoundError, UsageError
 from ketch.storage.open import StoreOptions
 
@@ -60,9 +66,14 @@ def service_log_file() -> Path:
     return state_dir() / "logs" / "service.log"
 
 
+def requests_log_file() -> Path:
+    """Where a `ketch run` daemon logs until it knows its mountpoint."""
+    return state_dir() / "logs" / "run-requests.log"
+
+
 def daemon_request(
     image: str,
-    mountpoint: Path,
+    mountpoint: Path | None,
     *,
     cache_dir: Path,
     cache_size: int,
@@ -70,10 +81,11 @@ def daemon_request(
     prefetch_file: Path | None,
     store_options: StoreOptions,
 ) -> dict[str, object]:
-    """A mount daemon's configuration as the service's request carries it."""
+    """A mount daemon's configuration as the service's request carries it; no mountpoint
+    for ``ketch run`` (the daemon picks the image's own, or finds a live mount of it)."""
     return {
         "image": image,
-        "mountpoint": str(mountpoint),
+        "mountpoint": None if mountpoint is None else str(mountpoint),
         "cache_dir": str(cache_dir),
         "cache_size": cache_size,
         "api_sock": None if api_sock is None else str(api_sock),
@@ -108,9 +120,10 @@ def _parse_request(raw: bytes) -> tuple[dict[str, Any], dict[str, str], str]:
         raise UsageError("node service request 'env': expected strings")
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         raise UsageError("node service request 'cwd': expected an absolute path")
-    for key in ("image", "mountpoint", "cache_dir"):
+    for key in ("image", "cache_dir"):
         if not isinstance(daemon[key], str) or not daemon[key]:
             raise UsageError(f"node service request {key!r}: expected a string")
+    _optional_path(daemon, "mountpoint")  # none: ketch run's, chosen by the image's digest
     size = daemon["cache_size"]
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise UsageError("node service request 'cache_size': expected a byte count")
@@ -120,10 +133,24 @@ def _parse_request(raw: bytes) -> tuple[dict[str, Any], dict[str, str], str]:
     return daemon, env, cwd
 
 
+def _log_to(log_file: Path) -> None:
+    """Send this process's output (the daemon's log) to ``log_file``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
 def _run_requested_daemon(daemon: dict[str, Any], ready_fd: int) -> int:
-    """In the forked daemon: mount and serve as ``ketch mount`` would."""
+    """In the forked daemon: mount and serve as ``ketch mount`` would, or, without a
+    mountpoint, as ``ketch run`` needs (``_run_image_daemon``)."""
     from ketch.daemon.service import DaemonConfig, run_daemon  # noqa: PLC0415 - preloaded
 
+    if daemon["mountpoint"] is None:
+        return _run_image_daemon(daemon, ready_fd)
     config = DaemonConfig(
         image=daemon["image"],
         mountpoint=Path(daemon["mountpoint"]),
@@ -135,6 +162,54 @@ def _run_requested_daemon(daemon: dict[str, Any], ready_fd: int) -> int:
         store_options=StoreOptions.from_json(daemon["store_options"]),
     )
     return run_daemon(config)
+
+
+def _run_image_daemon(daemon: dict[str, Any], ready_fd: int) -> int:
+    """For ``ketch run``: resolve the image and read its config here, where the registry
+    client is loaded already, so the client never loads it; answer with the mountpoint of
+    a live mount of the same manifest, or mount the image at its own mountpoint and answer
+    once ready. The answer carries the manifest digest and the image config."""
+    from ketch.daemon.service import DaemonConfig, run_daemon  # noqa: PLC0415 - preloaded
+    from ketch.oci.manifest import load_json  # noqa: PLC0415
+    from ketch.storage.ketch_image import open_ketch_image  # noqa: PLC0415
+    from ketch.storage.open import open_store_with  # noqa: PLC0415
+
+    cache_dir = Path(daemon["cache_dir"])
+    try:
+        store, tag = open_store_with(
+            daemon["image"], StoreOptions.from_json(daemon["store_options"])
+        )
+        descriptor, manifest, _ = store.resolve(tag)
+        image_config = load_json(
+            store.read_blob(manifest.config.digest, max_size=4 << 20), "image config"
+        )
+        info: dict[str, Any] = {"manifest_digest": descriptor.digest, "config": image_config}
+        live = live_mount(descriptor.digest)
+        if live is not None:
+            signal_ready(ready_fd, info={**info, "mountpoint": str(live), "started": False})
+            return 0
+        mountpoint = image_mountpoint(descriptor.digest)
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        _log_to(default_log_file(mountpoint))
+        image = open_ketch_image(
+            store, tag, cache_dir=cache_dir / "bootstraps", resolved=(descriptor, manifest)
+        )
+    except KetchError as exc:
+        log.error("mount failed image=%s error=%r", daemon["image"], exc.message)
+        signal_ready(ready_fd, exc)
+        return exc.exit_code
+    config = DaemonConfig(
+        image=daemon["image"],
+        mountpoint=mountpoint,
+        cache_dir=cache_dir,
+        cache_size=daemon["cache_size"],
+        api_sock=_optional_path(daemon, "api_sock"),
+        prefetch_file=_optional_path(daemon, "prefetch_file"),
+        ready_fd=ready_fd,
+        ready_info={**info, "mountpoint": str(mountpoint), "started": True},
+        store_options=StoreOptions.from_json(daemon["store_options"]),
+    )
+    return run_daemon(config, image)
 
 
 class _StopRequestedError(Exception):
@@ -174,7 +249,8 @@ def _answer_error(conn: socket.socket, error: KetchError) -> None:
 def _fork_daemon(listener: socket.socket, conn: socket.socket, request: bytes) -> None:
     """Fork the daemon for ``request``; it answers on ``conn``. Returns in the service."""
     daemon, env, cwd = _parse_request(request)
-    log_file = default_log_file(Path(daemon["mountpoint"]))
+    mountpoint = _optional_path(daemon, "mountpoint")
+    log_file = requests_log_file() if mountpoint is None else default_log_file(mountpoint)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -67,6 +68,7 @@ class DaemonConfig:
     api_sock: Path | None = None
     prefetch_file: Path | None = None
     ready_fd: int | None = None
+    ready_info: dict[str, Any] | None = None  # said with "ready" (node service clients)
     max_merge: int = DEFAULT_MAX_MERGE
     readahead: int = DEFAULT_READAHEAD
     store_options: StoreOptions = field(default_factory=StoreOptions)
@@ -276,8 +278,9 @@ def _read_prefetch_list(path: Path | None) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def run_daemon(config: DaemonConfig) -> int:
-    """Mount and serve in this process until unmounted; the exit code."""
+def run_daemon(config: DaemonConfig, opened: KetchImage | None = None) -> int:
+    """Mount and serve in this process until unmounted; the exit code. ``opened`` is the
+    image when the caller has opened it already."""
     _setup_logging()
     config.mountpoint = config.mountpoint.absolute()
     ready_fd = config.ready_fd
@@ -285,8 +288,11 @@ def run_daemon(config: DaemonConfig) -> int:
     try:
         _check_mountpoint(config.mountpoint)
         prefetch = _read_prefetch_list(config.prefetch_file)
-        store, tag = open_store_with(config.image, config.store_options)
-        image = open_ketch_image(store, tag, cache_dir=config.cache_dir / "bootstraps")
+        if opened is None:
+            store, tag = open_store_with(config.image, config.store_options)
+            image = open_ketch_image(store, tag, cache_dir=config.cache_dir / "bootstraps")
+        else:
+            image = opened
         daemon = _Daemon(config, image)
         # The socket first: anything that can fail does so before the mount exists.
         try:
@@ -336,7 +342,7 @@ def run_daemon(config: DaemonConfig) -> int:
     )
     unmount = True
     try:
-        trio.run(daemon.serve, prefetch, lambda: signal_ready(ready_fd))
+        trio.run(daemon.serve, prefetch, lambda: signal_ready(ready_fd, info=config.ready_info))
     except OSError as exc:
         unmount = exc.errno != errno.ENODEV
     finally:

@@ -81,6 +81,19 @@ def all_records() -> list[MountRecord]:
     return out
 
 
+def live_mount(manifest_digest: str) -> Path | None:
+    """The mountpoint of a live mount of this image on the node, if there is one."""
+    for record in all_records():
+        if record.manifest_digest == manifest_digest and record.alive():
+            return Path(record.mountpoint)
+    return None
+
+
+def image_mountpoint(manifest_digest: str) -> Path:
+    """Where `ketch run` mounts an image it finds no live mount of."""
+    return state_dir() / "mnt" / manifest_digest.partition(":")[2][:12]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

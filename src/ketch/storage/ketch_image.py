@@ -41,10 +41,16 @@ def bootstrap_layer(manifest: Manifest, where: str) -> Descriptor:
 
 
 def open_ketch_image(
-    store: ImageStore, tag: str, *, platform: Platform | None = None, cache_dir: Path | None = None
+    store: ImageStore,
+    tag: str,
+    *,
+    platform: Platform | None = None,
+    cache_dir: Path | None = None,
+    resolved: tuple[Descriptor, Manifest] | None = None,
 ) -> KetchImage:
-    """Resolve ``tag`` and open its bootstrap: in memory, or mmapped from ``cache_dir``."""
-    descriptor, manifest, _ = store.resolve(tag, platform)
+    """Resolve ``tag`` (unless the caller did: ``resolved``) and open its bootstrap: in
+    memory, or mmapped from ``cache_dir``."""
+    descriptor, manifest = resolved or store.resolve(tag, platform)[:2]
     where = f"{store.name}:{tag}"
     layer = bootstrap_layer(manifest, where)
     if layer.size > MAX_BOOTSTRAP_SIZE:
