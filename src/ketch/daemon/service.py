@@ -7,7 +7,6 @@ through the node-wide chunk cache. The daemon exits when the filesystem is unmou
 
 from __future__ import annotations
 
-import bisect
 import errno
 import logging
 import os
@@ -29,6 +28,7 @@ from ketch.daemon.api import ApiServer, json_route
 from ketch.daemon.fuse_ops import KetchOperations
 from ketch.daemon.launcher import signal_ready
 from ketch.daemon.metrics import Metrics
+from ketch.daemon.prefetch_plan import RangeRead, plan_prefetch
 from ketch.daemon.state import (
     DEFAULT_CACHE_DIR,
     MountRecord,
@@ -51,9 +51,7 @@ from ketch.storage.open import StoreOptions, open_store_with
 
 log = logging.getLogger("ketch.daemon")
 
-_PREFETCH_WINDOW = 32 << 20  # bytes of listed files fetched together
-_PREFETCH_GAP = 256 << 10  # unlisted bytes worth fetching to join two ranges
-_PREFETCH_THREADS = 4
+_PREFETCH_THREADS = 4  # range reads in flight at once
 READAHEAD_KB = 1024
 # Bytes of the blob after a missed chunk fetched in the same range read.
 DEFAULT_READAHEAD = 512 << 10
@@ -143,67 +141,42 @@ class _Daemon:
         return "text/plain; version=0.0.4", m.render().encode()
 
     def prefetch(self, paths: list[str]) -> None:
-        """Fetch the listed files' chunks (else those of the image's own prefetch table),
-        in list order, a window at a time.
-
-        A window's chunks are grouped by blob, the gaps between them filled with the
-        chunks lying there (when small), and fetched as merged range reads, blobs in
-        parallel: a long list costs a few large requests instead of one per file.
-        """
-        digests = [record.oci_digest for record in self.image.bootstrap.blobs()]
-        window: dict[str, dict[int, ChunkRecord]] = {}
-        window_bytes = 0
-        with ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="prefetch") as pool:
-            targets: list[str | int] = list(paths) or list(self.image.bootstrap.prefetch())
-            for target in targets:
-                path = target if isinstance(target, str) else f"inode {target + 1}"
-                try:
-                    index = self.fs.resolve(target) - 1 if isinstance(target, str) else target
-                    size = self.image.bootstrap.inode(index).size
-                    for _, chunk in self.image.bootstrap.chunks_for_range(index, 0, size):
-                        window.setdefault(digests[chunk.blob], {})[chunk.compressed_offset] = chunk
-                except KetchError as exc:
-                    log.warning("prefetch skipped path=%s error=%r", path, exc.message)
-                    continue
-                window_bytes += size
-                if window_bytes >= _PREFETCH_WINDOW:
-                    self._prefetch_window(pool, window, window_bytes)
-                    window, window_bytes = {}, 0
-            self._prefetch_window(pool, window, window_bytes)
-        log.info("prefetch done files=%d", len(targets))
-
-    def _prefetch_window(
-        self, pool: ThreadPoolExecutor, window: dict[str, dict[int, ChunkRecord]], file_bytes: int
-    ) -> None:
-        futures = [
-            pool.submit(self.reader.read, blob, self._with_gaps(blob, chunks))
-            for blob, chunks in window.items()
-        ]
-        for future in futures:
+        """Fetch the listed files' chunks (else those of the image's own prefetch table)
+        in list order, as planned by ``plan_prefetch``: small range reads first, larger
+        ones after, ``_PREFETCH_THREADS`` of them side by side, all queued at once so the
+        link never idles between batches."""
+        bootstrap = self.image.bootstrap
+        targets: list[str | int] = list(paths) or list(bootstrap.prefetch())
+        files: list[list[ChunkRecord]] = []
+        file_bytes = 0
+        for target in targets:
             try:
-                future.result()
+                index = self.fs.resolve(target) - 1 if isinstance(target, str) else target
+                size = bootstrap.inode(index).size
+                files.append([chunk for _, chunk in bootstrap.chunks_for_range(index, 0, size)])
             except KetchError as exc:
-                log.warning("prefetch read failed error=%r", exc.message)
-        self.metrics.add(self.metrics.prefetch_bytes, file_bytes)
-
-    def _with_gaps(self, blob: str, chunks: dict[int, ChunkRecord]) -> list[ChunkRecord]:
-        """``chunks`` by offset, plus the chunks filling gaps of up to _PREFETCH_GAP bytes
-        between them, so that one range read covers them all."""
-        ordered = sorted(chunks.values(), key=lambda chunk: chunk.compressed_offset)
-        everything = self.blob_chunks(blob)
-        offsets = [chunk.compressed_offset for chunk in everything]
-        out: list[ChunkRecord] = []
-        for chunk, following in zip(ordered, [*ordered[1:], None], strict=True):
-            out.append(chunk)
-            if following is None:
-                break
-            end = chunk.compressed_offset + chunk.compressed_size
-            if following.compressed_offset - end > _PREFETCH_GAP:
+                where = target if isinstance(target, str) else f"inode {target + 1}"
+                log.warning("prefetch skipped path=%s error=%r", where, exc.message)
                 continue
-            start = bisect.bisect_left(offsets, end)
-            stop = bisect.bisect_left(offsets, following.compressed_offset)
-            out.extend(everything[start:stop])
-        return out
+            file_bytes += size
+        digests = [record.oci_digest for record in bootstrap.blobs()]
+        reads = plan_prefetch(files, digests, self.blob_chunks)
+        with ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="prefetch") as pool:
+            for _ in pool.map(self._prefetch_read, reads):
+                pass
+        self.metrics.add(self.metrics.prefetch_bytes, file_bytes)
+        log.info(
+            "prefetch done files=%d reads=%d bytes=%d",
+            len(files),
+            len(reads),
+            sum(read.span for read in reads),
+        )
+
+    def _prefetch_read(self, read: RangeRead) -> None:
+        try:
+            self.reader.read(read.blob, read.chunks)
+        except KetchError as exc:  # the reader that needs these chunks will say it
+            log.warning("prefetch read failed error=%r", exc.message)
 
     async def serve(self, prefetch: list[str], ready: Callable[[], None]) -> None:
         async with trio.open_nursery() as nursery:
