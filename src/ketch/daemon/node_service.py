@@ -274,7 +274,9 @@ def _fork_daemon(listener: socket.socket, conn: socket.socket, request: bytes) -
         os.environ.clear()
         os.environ.update(env)
         os.chdir(cwd)
-        code = _run_requested_daemon(daemon, conn.detach())
+        # The daemon says ready (or its error) on a copy: the connection itself stays
+        # open here, to report a crash of the daemon before it got that far.
+        code = _run_requested_daemon(daemon, os.dup(conn.fileno()))
     except KetchError as exc:
         _answer_error(conn, exc)
         code = exc.exit_code
