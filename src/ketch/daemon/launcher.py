@@ -270,4 +270,4 @@ def _wait_for_exit(pid: int, timeout: float) -> None:
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             break
-        time.sleep(0.05)
+        time.sleep(0.01)

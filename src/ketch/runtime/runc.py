@@ -24,6 +24,7 @@ from ketch.errors import KetchError, NotFoundError, UsageError
 _CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")  # runc: ^[\w+-\.]+$
 _KILL_GRACE_SECONDS = 10.0
 _LOG_NAME = "runc.log"
+_DEFAULT_ROOT = "/run/runc"  # runc's state directory for root
 
 Stdio = int | IO[Any] | None
 """As ``subprocess``: None inherits the caller's descriptor, else a fd, a file or DEVNULL."""
@@ -95,7 +96,10 @@ def run_container(
     except BaseException:
         _delete(runc_command, container_id, strict=False)
         raise
-    _delete(runc_command, container_id, strict=True)
+    # `runc run` removes the container as it exits; a state directory left behind means
+    # it could not, and `runc delete` must (a process start saved on every run otherwise).
+    if (Path(root or _DEFAULT_ROOT).absolute() / container_id).exists():
+        _delete(runc_command, container_id, strict=True)
     if code != 0:
         failure = _runc_failure(log)
         if failure:
