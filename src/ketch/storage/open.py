@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ketch.errors import UnsupportedError, UsageError
 from ketch.oci.reference import (
@@ -13,8 +14,9 @@ from ketch.oci.reference import (
     S3Reference,
     parse_reference,
 )
-from ketch.storage.oci_layout_store import OciLayoutStore
-from ketch.storage.store import ImageStore
+
+if TYPE_CHECKING:
+    from ketch.storage.store import ImageStore
 
 # As RegistryOptions' defaults; the registry modules (httpx) load only when used.
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -171,6 +173,10 @@ def open_store(
     """
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     if isinstance(ref, OciLayoutReference):
+        # Imported here: `ketch run` and `ketch mount` with a node service build their
+        # StoreOptions from this module but never open a store themselves.
+        from ketch.storage.oci_layout_store import OciLayoutStore  # noqa: PLC0415
+
         store = OciLayoutStore.create(ref.path) if create else OciLayoutStore.open(ref.path)
         return store, ref.tag
     if isinstance(ref, RegistryReference):
