@@ -5,7 +5,9 @@ are built with ``ketch build``. Each run times, from invoking ``ketch mount`` in
 process: until it returns (it returns only once the daemon says the mount is ready), and
 until a first ``os.stat`` of the 12-component deep path through the mount succeeds. Two
 cases, alternating: a first mount on the node (empty cache directory, so the daemon copies
-and checks the bootstrap) and a remount (bootstrap already in the cache directory). Page
+and checks the bootstrap) and a remount (bootstrap already in the cache directory); each
+both by ``ketch mount`` alone and with the node service (``ketch service start``) running,
+which forks the daemon from a process that has done its imports already. Page
 cache warm (the interpreter and the image files are cached, as on a node that mounts
 often). ``ketch umount`` is timed too.
 
@@ -39,10 +41,18 @@ from typing import Any
 
 from bench.bootstrap_lookup import DEEP, SIZES, generate
 from bench.context import REPO, BenchError, Context, log, oci, remove, run_ketch, run_python
-from bench.mounts import mount, umount
+from bench.mounts import mount, node_service, umount
 from bench.report import Benchmark, mib, ratio, table
 
 TARGET_MS = 200.0
+#: first mount / remount, by `ketch mount` alone and with the node service running
+CASES = ("first", "remount", "first_service", "remount_service")
+CASE_LABELS = {
+    "first": "first mount",
+    "remount": "remount",
+    "first_service": "first mount, node service",
+    "remount_service": "remount, node service",
+}
 REFERENCE_IMPORTS = {
     "python_ms": "pass",
     "cli_main_ms": "import ketch.cli.main",
@@ -213,26 +223,31 @@ def _size(ctx: Context, files: int, runs: int, floor_code: tuple[str, str]) -> d
         mountpoint = ctx.fresh_dir("mt-mnt")
         warm_cache = ctx.fresh_dir(f"mt-cache-{files}")
         _one_mount(image, mountpoint, warm_cache, state)  # puts the bootstrap in the cache
-        cases = ("first", "remount")
         samples: dict[str, dict[str, list[float]]] = {
             case: {"mount": [], "first_stat": [], "stat": [], "umount": [], "floor": []}
-            for case in cases
+            for case in CASES
         }
-        for _ in range(runs):
-            for case in cases:  # alternating, so that drift hits both alike
-                sample = samples[case]
-                # The floor, sampled next to each mount: the machine's load moves both.
-                sample["floor"].append(sum(_python_seconds(code) for code in floor_code))
-                cache = ctx.fresh_dir("mt-cache-empty") if case == "first" else warm_cache
-                returned, first_stat, stat_only, umount_seconds = _one_mount(
-                    image, mountpoint, cache, state
-                )
-                sample["mount"].append(returned)
-                sample["first_stat"].append(first_stat)
-                sample["stat"].append(stat_only)
-                sample["umount"].append(umount_seconds)
+        # A second state directory with the node service running in it: `ketch mount`
+        # there asks the service, elsewhere it forks its own daemon.
+        service_state = ctx.fresh_dir("mt-state-service")
+        with node_service(service_state):
+            for _ in range(runs):
+                for case in CASES:  # alternating, so that drift hits each alike
+                    sample = samples[case]
+                    # The floor, sampled next to each mount: the machine's load moves both.
+                    sample["floor"].append(sum(_python_seconds(code) for code in floor_code))
+                    first = case.startswith("first")
+                    cache = ctx.fresh_dir("mt-cache-empty") if first else warm_cache
+                    where = service_state if case.endswith("service") else state
+                    returned, first_stat, stat_only, umount_seconds = _one_mount(
+                        image, mountpoint, cache, where
+                    )
+                    sample["mount"].append(returned)
+                    sample["first_stat"].append(first_stat)
+                    sample["stat"].append(stat_only)
+                    sample["umount"].append(umount_seconds)
         result: dict[str, Any] = {"files": files + 1}
-        for case in cases:
+        for case in CASES:
             sample = samples[case]
             result[case] = {
                 "mount_ms": [round(v * 1000, 1) for v in sample["mount"]],
@@ -248,6 +263,8 @@ def _size(ctx: Context, files: int, runs: int, floor_code: tuple[str, str]) -> d
             }
         result["remount"]["open_image_ms"], facts = _open_image_ms(ctx, image, warm_cache, runs)
         result["first"]["open_image_ms"], _ = _open_image_ms(ctx, image, None, runs)
+        result["remount_service"]["open_image_ms"] = result["remount"]["open_image_ms"]
+        result["first_service"]["open_image_ms"] = result["first"]["open_image_ms"]
         result["inodes"] = facts["inodes"]
         result["bootstrap_bytes"] = facts["bootstrap_bytes"]
         remove(warm_cache)
@@ -284,9 +301,14 @@ def run(ctx: Context) -> dict[str, Any]:
         first, again = results[-1]["first"], results[-1]["remount"]
         log(
             f"mount_time: {files} files: first mount {first['median_mount_ms']} ms, "
-            f"remount {again['median_mount_ms']} ms (floor {again['median_floor_ms']} ms)"
+            f"remount {again['median_mount_ms']} ms (floor {again['median_floor_ms']} ms); "
+            f"with the node service {results[-1]['first_service']['median_mount_ms']} ms and "
+            f"{results[-1]['remount_service']['median_mount_ms']} ms"
         )
     worst = max(r[c]["median_first_stat_ms"] for r in results for c in ("first", "remount"))
+    worst_service = max(
+        r[c]["median_first_stat_ms"] for r in results for c in ("first_service", "remount_service")
+    )
     first_ms = results[0]["remount"]["median_mount_ms"]
     last_ms = results[-1]["remount"]["median_mount_ms"]
     return {
@@ -299,6 +321,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "daemon_process": daemon.to_json(),
         "sizes": results,
         "worst_first_stat_ms": worst,
+        "worst_service_first_stat_ms": worst_service,
         "growth": round(last_ms / first_ms, 2) if first_ms > 0 else None,
     }
 
@@ -311,7 +334,8 @@ def render(data: dict[str, Any]) -> str:
     ref, cli, daemon = data["reference"], data["cli_process"], data["daemon_process"]
     rows = []
     for s in data["sizes"]:
-        for case, label in (("first", "first mount"), ("remount", "remount")):
+        for case in CASES:
+            label = CASE_LABELS[case]
             entry = s[case]
             rows.append(
                 [
@@ -339,7 +363,16 @@ def render(data: dict[str, Any]) -> str:
         "mount / floor",
         "umount ms",
     ]
-    verdict = "met" if data["worst_first_stat_ms"] < data["target_ms"] else "**not met**"
+    service_worst = data.get("worst_service_first_stat_ms", float("inf"))
+    verdict = (
+        "met with the node service running"
+        if service_worst < data["target_ms"]
+        else "**not met** with the node service"
+    ) + (
+        ", and by `ketch mount` alone"
+        if data["worst_first_stat_ms"] < data["target_ms"]
+        else ", **not met** by `ketch mount` alone"
+    )
     floors = [s[c]["median_floor_ms"] for s in data["sizes"] for c in ("first", "remount")]
     mounts = [s[c]["median_mount_ms"] for s in data["sizes"] for c in ("first", "remount")]
     share = sum(floors) / sum(mounts)
@@ -353,7 +386,10 @@ ready); until a first `stat` of the {data["deep_path"].count("/") + 1}-component
 `stat` alone; the daemon's image open (`open_store` + `open_ketch_image`, in a fresh
 interpreter); the start-up floor, sampled right before each mount, and how far the mount is
 above it; and `ketch umount`. "First mount": empty cache directory, so the daemon copies and
-checks the bootstrap; "remount": the bootstrap is already cached.
+checks the bootstrap; "remount": the bootstrap is already cached. "Node service": the same
+with `ketch service start` running (as a node runs it before any container), so that the
+daemon is forked from a process that has imported FUSE, trio and the store clients
+already; the floor does not apply to those rows (no daemon interpreter starts).
 
 {table(headers, rows)}
 
@@ -369,7 +405,7 @@ ms, `import ketch.cli.main` {ref["cli_main_ms"]:.0f} ms, `import ketch.daemon.se
 {ref["daemon_service_ms"]:.0f} ms.
 
 Target: under {data["target_ms"]:.0f} ms to the first stat, and flat: {verdict} (worst median
-{data["worst_first_stat_ms"]:.0f} ms; remounting {data["sizes"][-1]["files"]:,} files takes
+{service_worst:.0f} ms with the service, {data["worst_first_stat_ms"]:.0f} ms without; remounting {data["sizes"][-1]["files"]:,} files takes
 {data["growth"]}x the time of {data["sizes"][0]["files"]:,}).
 """
 

@@ -255,3 +255,30 @@ def mounted(image: str, mountpoint: Path, cache_dir: Path, state_dir: Path) -> I
         yield mount_
     finally:
         umount(mountpoint, state_dir, mount_.pid)
+
+
+@contextlib.contextmanager
+def node_service(state_dir: Path) -> Iterator[None]:
+    """``ketch service start`` for the ``with`` block, as a node runs it before any
+    container: mounts under ``state_dir`` then fork from it instead of starting an
+    interpreter and importing FUSE, trio and the store clients."""
+    env = _env(state_dir, None)
+    subprocess.run(
+        [*ketch_command(), "service", "start"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=_TIMEOUT,
+    )
+    try:
+        yield
+    finally:
+        subprocess.run(
+            [*ketch_command(), "service", "stop"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            check=False,
+            timeout=_TIMEOUT,
+        )
