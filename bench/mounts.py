@@ -262,23 +262,19 @@ def node_service(state_dir: Path) -> Iterator[None]:
     """``ketch service start`` for the ``with`` block, as a node runs it before any
     container: mounts under ``state_dir`` then fork from it instead of starting an
     interpreter and importing FUSE, trio and the store clients."""
-    env = _env(state_dir, None)
-    subprocess.run(
-        [*ketch_command(), "service", "start"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        check=True,
-        timeout=_TIMEOUT,
-    )
+
+    def service(action: str, *, check: bool) -> None:
+        subprocess.run(
+            [*ketch_command(), "service", action],
+            cwd=REPO,
+            env=_env(state_dir, None),
+            capture_output=True,
+            check=check,
+            timeout=_TIMEOUT,
+        )
+
+    service("start", check=True)
     try:
         yield
     finally:
-        subprocess.run(
-            [*ketch_command(), "service", "stop"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            check=False,
-            timeout=_TIMEOUT,
-        )
+        service("stop", check=False)

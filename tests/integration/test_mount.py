@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,18 +18,8 @@ import pytest
 from ketch.daemon.api import api_get
 from ketch.daemon.state import read_record
 from ketch.runtime.overlay import Overlay
+from tests.integration.ketch_cli import KETCH, ketch
 from tests.treecmp import compare_trees
-
-KETCH = [sys.executable, "-m", "ketch.cli.main"]
-
-
-def ketch(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*KETCH, *args], capture_output=True, text=True, check=False, timeout=300
-    )
-    if check and result.returncode != 0:
-        pytest.fail(f"ketch {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
-    return result
 
 
 @pytest.fixture(scope="session")

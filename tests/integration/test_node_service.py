@@ -7,24 +7,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ketch.daemon.state import read_record
-
-KETCH = [sys.executable, "-m", "ketch.cli.main"]
-
-
-def ketch(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*KETCH, *args], capture_output=True, text=True, check=False, timeout=300
-    )
-    if check and result.returncode != 0:
-        pytest.fail(f"ketch {' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
-    return result
+from tests.integration.ketch_cli import KETCH, ketch
 
 
 @pytest.fixture(scope="module")

@@ -259,12 +259,13 @@ def unmount(mountpoint: Path, timeout: float = 10.0) -> MountRecord | None:
             reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
             raise StorageError(f"{mountpoint}: unmount failed: {reason}")
     if record is not None:
-        _wait_for_exit(record.pid, timeout)
+        wait_for_exit(record.pid, timeout)
         remove_record(mountpoint)
     return record
 
 
-def _wait_for_exit(pid: int, timeout: float) -> None:
+def wait_for_exit(pid: int, timeout: float) -> None:
+    """Until ``pid`` has exited (a zombie counts as exited); SIGKILL after ``timeout``."""
     deadline = time.monotonic() + timeout
     while pid_alive(pid):
         if time.monotonic() > deadline:

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ketch.daemon.launcher import service_socket, signal_ready
+from ketch.daemon.launcher import service_socket, signal_ready, wait_for_exit
 from ketch.daemon.state import (
     default_log_file,
     image_mountpoint,
@@ -384,16 +384,9 @@ def service_pid() -> int | None:
 
 def stop_service(timeout: float = 10.0) -> int:
     """SIGTERM the node service and wait for it to go; its pid."""
-    import time  # noqa: PLC0415
-
     pid = service_pid()
     if pid is None:
         raise NotFoundError(f"{service_socket()}: no node service is running")
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
+    wait_for_exit(pid, timeout)
     return pid
