@@ -120,3 +120,30 @@ def test_run_through_the_service_reuses_its_mount(
     ]
     missing = ketch("run", f"oci:{base_layout}:nosuchtag", "--cache-dir", cache, check=False)
     assert missing.returncode not in (0, 70) and "nosuchtag" in missing.stderr
+
+
+@pytest.mark.parametrize("service", [True, False], ids=["service", "no-service"])
+def test_runs_started_together_make_one_mount(
+    service: bool, state: Path, base_layout: Path, tmp_path: Path
+) -> None:
+    if service:
+        ketch("service", "start")
+    command = [*KETCH, "run", f"oci:{base_layout}:base", "--cache-dir", str(tmp_path / "c")]
+    runs = [
+        subprocess.Popen(
+            [*command, "--", "cat", "/proc/sys/kernel/hostname"], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0, 0]
+    assert len(set(outputs)) == 4  # each its own container (hostname = container id)
+    records = list((state / "mounts").glob("*.json"))
+    assert len(records) == 1
+    mountpoint = json.loads(records[0].read_text())["mountpoint"]
+    mounts = [
+        line
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split(" ")[4] == mountpoint
+    ]
+    assert len(mounts) == 1

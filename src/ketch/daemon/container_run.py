@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ketch.daemon.launcher import unmount
-from ketch.daemon.state import image_mountpoint, live_mount, state_dir
+from ketch.daemon.state import claim_image_mount, state_dir
 from ketch.errors import IntegrityError
 from ketch.oci.manifest import load_json
 from ketch.runtime.container import run_image
@@ -48,13 +48,10 @@ def _mount(request: RunRequest) -> tuple[Path, dict[str, Any], bool]:
     store, tag = open_store_with(request.image, request.store_options)
     descriptor, manifest, _ = store.resolve(tag)
     config = load_json(store.read_blob(manifest.config.digest, max_size=4 << 20), "image config")
-    mountpoint = live_mount(descriptor.digest)
-    if mountpoint is not None:
-        return mountpoint, config, False
-    mountpoint = image_mountpoint(descriptor.digest)
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    request.start_mount(mountpoint)
-    return mountpoint, config, True
+    mountpoint, ours = claim_image_mount(descriptor.digest)
+    if ours:
+        request.start_mount(mountpoint)  # the daemon, a fork of this process, keeps the claim
+    return mountpoint, config, ours
 
 
 def run_in_image(request: RunRequest) -> int:

@@ -32,9 +32,8 @@ from typing import Any
 
 from ketch.daemon.launcher import service_socket, signal_ready, wait_for_exit
 from ketch.daemon.state import (
+    claim_image_mount,
     default_log_file,
-    image_mountpoint,
-    live_mount,
     pid_alive,
     state_dir,
 )
@@ -184,12 +183,10 @@ def _run_image_daemon(daemon: dict[str, Any], ready_fd: int) -> int:
             store.read_blob(manifest.config.digest, max_size=4 << 20), "image config"
         )
         info: dict[str, Any] = {"manifest_digest": descriptor.digest, "config": image_config}
-        live = live_mount(descriptor.digest)
-        if live is not None:
-            signal_ready(ready_fd, info={**info, "mountpoint": str(live), "started": False})
+        mountpoint, ours = claim_image_mount(descriptor.digest)
+        if not ours:
+            signal_ready(ready_fd, info={**info, "mountpoint": str(mountpoint), "started": False})
             return 0
-        mountpoint = image_mountpoint(descriptor.digest)
-        mountpoint.mkdir(parents=True, exist_ok=True)
         _log_to(default_log_file(mountpoint))
         image = open_ketch_image(
             store, tag, cache_dir=cache_dir / "bootstraps", resolved=(descriptor, manifest)

@@ -4,12 +4,16 @@ their daemons: one JSON file per mountpoint under the state directory."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from ketch.errors import StorageError
 
 DEFAULT_STATE_DIR = Path("/run/ketch")
 DEFAULT_CACHE_DIR = Path("/var/cache/ketch")
@@ -92,6 +96,46 @@ def live_mount(manifest_digest: str) -> Path | None:
 def image_mountpoint(manifest_digest: str) -> Path:
     """Where `ketch run` mounts an image it finds no live mount of."""
     return state_dir() / "mnt" / manifest_digest.partition(":")[2][:12]
+
+
+def claim_image_mount(manifest_digest: str, timeout: float = 120.0) -> tuple[Path, bool]:
+    """For `ketch run`: a live mount of the image (``(mountpoint, False)``), or its own
+    mountpoint with the duty to mount it (``(mountpoint, True)``).
+
+    The duty is an exclusive lock on ``mnt/<id>.lock``, held by this process and its
+    forks (the daemon) for as long as they live, so that runs of the same image started
+    together make one mount: the others wait for its record to appear."""
+    mountpoint = image_mountpoint(manifest_digest)
+    mountpoint.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(mountpoint.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            live = live_mount(manifest_digest)
+            if live is not None:
+                os.close(fd)
+                return live, False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StorageError(
+                        f"{mountpoint}: another run is mounting {manifest_digest}, and did "
+                        f"not finish in {timeout:.0f}s"
+                    ) from None
+                time.sleep(0.02)
+                continue
+            # Ours, until this process and its forks exit (a mount that dies frees it).
+            live = live_mount(manifest_digest)  # made between our check and the lock
+            if live is not None:
+                os.close(fd)
+                return live, False
+            mountpoint.mkdir(exist_ok=True)
+            return mountpoint, True
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
 
 
 def pid_alive(pid: int) -> bool:
