@@ -18,6 +18,7 @@ from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import ChunkRecord
 from ketch.fs.image_fs import ImageFS
 from ketch.oci.manifest import Descriptor, Manifest, Platform
+from ketch.storage import cached_reader
 from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import ChunkReader
@@ -376,3 +377,143 @@ def test_a_miss_reads_ahead_the_chunks_that_follow_in_the_blob(
     # The next chunks came with the first read: no more range reads for them.
     assert fs.read(four, CHUNK, 3 * CHUNK) == FOUR[CHUNK:]
     assert len(store.ranges) == 1
+
+
+# -- prefetch ---------------------------------------------------------------------------
+
+BIG = os.urandom(16 * CHUNK)  # sixteen raw chunks, for sequential reads
+
+
+def test_prefetched_chunks_are_served_from_memory(layout: Path, tmp_path: Path) -> None:
+    m = mount(layout, tmp_path / "cache", memory=64 * CHUNK)
+    blob, chunks = m.chunks("/four")
+    assert m.reader.read_from_memory(blob, chunks) is None  # nothing there yet
+    m.reader.prefetch(blob, chunks)
+    m.reader.flush()
+    assert m.store.reads == 1  # adjacent chunks: one merged range read
+    assert m.reader.read_from_memory(blob, chunks) == [
+        FOUR[i * CHUNK : (i + 1) * CHUNK] for i in range(4)
+    ]
+    assert m.reader.read(blob, chunks) == [FOUR[i * CHUNK : (i + 1) * CHUNK] for i in range(4)]
+    assert m.store.reads == 1
+    assert m.cache is not None and m.cache.get(chunks[0].digest) == FOUR[:CHUNK]
+    assert not m.reader._flights
+
+
+def test_prefetch_from_the_cache_is_verified(layout: Path, tmp_path: Path) -> None:
+    warm = mount(layout, tmp_path / "cache")
+    assert warm.cat("/text") == TEXT
+    m = mount(layout, tmp_path / "cache", memory=64 * CHUNK)
+    blob, chunks = m.chunks("/text")
+    assert m.cache is not None
+    entry = m.cache.path(chunks[0].digest)
+    damaged = bytearray(entry.read_bytes())
+    damaged[3] ^= 0xFF
+    entry.write_bytes(bytes(damaged))
+    m.reader.prefetch(blob, chunks)
+    m.reader.flush()
+    # The damaged entry was not trusted: the chunk came from the store, verified.
+    assert m.cache.corrupt == 1
+    assert m.store.reads == 1
+    assert b"".join(m.reader.read_from_memory(blob, chunks) or []) == TEXT
+
+
+def test_a_corrupt_prefetched_chunk_is_never_served(layout: Path, tmp_path: Path) -> None:
+    m = mount(layout, tmp_path / "cache", memory=64 * CHUNK)
+    blob, chunks = m.chunks("/four")
+    blob_path: Path = m.store.inner.layout.blob_path(blob)  # type: ignore[attr-defined]
+    raw = bytearray(blob_path.read_bytes())
+    raw[chunks[1].compressed_offset] ^= 0xFF
+    blob_path.write_bytes(bytes(raw))
+    m.reader.prefetch(blob, chunks[1:2])
+    m.reader.flush()
+    assert m.reader.read_from_memory(blob, chunks[1:2]) is None
+    with pytest.raises(IntegrityError, match=chunks[1].digest.hex()):
+        m.reader.read(blob, chunks[1:2])
+    assert m.cache is not None and m.cache.get(chunks[1].digest) is None
+
+
+def test_a_reader_joins_a_prefetch_in_flight(layout: Path, tmp_path: Path) -> None:
+    m = mount(layout, tmp_path / "cache", memory=64 * CHUNK)
+    blob, chunks = m.chunks("/four")
+    release = threading.Event()
+    m.store.before_read = lambda: wait_for(release.is_set, "the test to release the read")
+    m.reader.prefetch(blob, chunks[:1])
+    wait_for(lambda: m.store.reads == 1, "the prefetch to start its read")
+    results: list[list[bytes]] = []
+    reader = threading.Thread(target=lambda: results.append(m.reader.read(blob, chunks[:1])))
+    reader.start()
+    wait_for(lambda: m.reader.stats().joined == 1, "the reader to join the prefetch")
+    release.set()
+    reader.join(timeout=10)
+    assert results == [[FOUR[:CHUNK]]]
+    assert m.store.reads == 1
+
+
+def test_prefetch_stays_within_its_budget(tmp_path: Path) -> None:
+    layout = build(tmp_path, "big", {"big": BIG})
+    m = mount(layout, tmp_path / "cache", memory=64 * CHUNK)
+    m.reader = CachedChunkReader(
+        m.reader.reader, m.cache, memory=64 * CHUNK, prefetch_budget=3 * CHUNK
+    )
+    blob, chunks = m.chunks("/big")
+    release = threading.Event()
+    m.store.before_read = lambda: wait_for(release.is_set, "the test to release the reads")
+    m.reader.prefetch(blob, chunks)
+    assert len(m.reader._flights) == 3  # the rest is left to the reader
+    release.set()
+    m.reader.flush()
+    assert m.reader.read_from_memory(blob, chunks[:3]) == [
+        BIG[i * CHUNK : (i + 1) * CHUNK] for i in range(3)
+    ]
+    assert m.reader.read_from_memory(blob, chunks[3:4]) is None
+    assert b"".join(m.reader.read(blob, chunks)) == BIG
+
+
+def test_sequential_reads_prefetch_what_follows_and_seeks_do_not(tmp_path: Path) -> None:
+    layout = build(tmp_path, "big", {"big": BIG})
+    m = mount(layout, tmp_path / "cache", memory=64 * CHUNK)
+    big = m.fs.resolve("/big")
+    blob, chunks = m.chunks("/big")
+    # A read in the middle of the file is a seek: nothing is read ahead.
+    assert m.fs.read(big, 8 * CHUNK, CHUNK) == BIG[8 * CHUNK : 9 * CHUNK]
+    m.reader.flush()
+    assert m.reader.read_from_memory(blob, chunks[9:10]) is None
+    # From the start, in order: the next chunks come ahead of the reader, twice what it
+    # has read so far.
+    assert m.fs.read(big, 0, CHUNK) == BIG[:CHUNK]
+    assert m.fs.read(big, CHUNK, CHUNK) == BIG[CHUNK : 2 * CHUNK]
+    m.reader.flush()
+    assert m.reader.read_from_memory(blob, chunks[2:6]) is not None
+    reads = m.store.reads
+    offset = 2 * CHUNK
+    while offset < len(BIG):
+        data = m.fs.read_from_memory(big, offset, CHUNK)
+        if data is None:
+            data = m.fs.read(big, offset, CHUNK)
+        assert data == BIG[offset : offset + CHUNK]
+        offset += CHUNK
+        m.reader.flush()
+    assert m.store.reads - reads <= 4  # a few prefetch reads, not one per chunk
+
+
+def test_without_a_memory_tier_nothing_is_prefetched(layout: Path, tmp_path: Path) -> None:
+    m = mount(layout, tmp_path / "cache")
+    blob, chunks = m.chunks("/four")
+    m.reader.prefetch(blob, chunks)
+    assert not m.reader._flights and m.store.reads == 0
+    assert m.fs.read_from_memory(m.fs.resolve("/four"), 0, CHUNK) is None
+
+
+def test_idle_prefetch_workers_end_and_come_back(
+    layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cached_reader, "_WORKER_IDLE", 0.05)
+    m = mount(layout, tmp_path / "cache", memory=64 * CHUNK)
+    blob, chunks = m.chunks("/four")
+    m.reader.prefetch(blob, chunks[:2])
+    m.reader.flush()
+    wait_for(lambda: m.reader._workers == 0, "idle workers to end")
+    m.reader.prefetch(blob, chunks[2:])
+    m.reader.flush()
+    assert m.reader.read_from_memory(blob, chunks) is not None

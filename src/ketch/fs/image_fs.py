@@ -2,22 +2,35 @@
 
 Defined once, here; the FUSE daemon and ``ketch unpack`` are thin users of it. Inode
 numbers are bootstrap inode indexes plus one (FUSE's root is 1), so hardlinks share one.
+
+Sequential reads are read ahead: when a file is read in order (from its start, or near
+where the last reads of it ended), the chunks of the next ``read_ahead`` bytes are handed
+to the chunk source's ``prefetch`` (when it has one), which obtains them in the
+background, so cache files are read, and chunks decompressed and verified, while the
+reader is still busy with the bytes before them. The window starts at twice what the
+reader has read so far, like the kernel's own readahead, so a program that reads only a
+file's header does not pull in megabytes behind it.
 """
 
 from __future__ import annotations
 
 import itertools
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from ketch.errors import NotFoundError
+from ketch.errors import KetchError, NotFoundError
 from ketch.format.bootstrap import ROOT_INODE, Bootstrap
 from ketch.format.records import ChunkRecord
-from ketch.storage.chunk_reader import ChunkSource
+from ketch.storage.chunk_reader import ChunkSource, PrefetchingSource
 
 ROOT_INO = ROOT_INODE + 1
 _DIR_SIZE = 4096
+#: bytes of a sequentially read file whose chunks are prefetched ahead of the reader
+DEFAULT_READ_AHEAD = 16 << 20
+_STREAMS = 256  # files whose read position is remembered (least recently read dropped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +50,16 @@ class Attr:
 
 
 class ImageFS:
-    def __init__(self, bootstrap: Bootstrap, reader: ChunkSource) -> None:
+    def __init__(
+        self, bootstrap: Bootstrap, reader: ChunkSource, *, read_ahead: int = DEFAULT_READ_AHEAD
+    ) -> None:
         self.bootstrap = bootstrap
         self.reader = reader
+        self._prefetcher = reader if isinstance(reader, PrefetchingSource) else None
+        self._read_ahead = read_ahead if self._prefetcher is not None else 0
+        # inode -> (end of the furthest read, bytes read in order so far)
+        self._streams: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        self._streams_lock = threading.Lock()
 
     def _index(self, ino: int) -> int:
         if not 1 <= ino <= self.bootstrap.inode_count:
@@ -97,6 +117,19 @@ class ImageFS:
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes at ``offset`` of a regular file, each chunk verified."""
+        data = self._read(ino, offset, size, memory_only=False)
+        if data is None:  # only a memory-only read gives up
+            raise RuntimeError("ImageFS.read: no bytes and no error")
+        return data
+
+    def read_from_memory(self, ino: int, offset: int, size: int) -> bytes | None:
+        """``read``, if the chunk source holds every chunk it needs in memory (no I/O,
+        no hashing, no waiting: safe on an event loop); else None (call ``read``)."""
+        if self._prefetcher is None:
+            return None  # nothing is held in memory, nor read ahead
+        return self._read(ino, offset, size, memory_only=True)
+
+    def _read(self, ino: int, offset: int, size: int, *, memory_only: bool) -> bytes | None:
         index = self._index(ino)
         record = self.bootstrap.inode(index)
         if not stat.S_ISREG(record.mode):
@@ -105,14 +138,62 @@ class ImageFS:
         if offset >= end:
             return b""
         pieces = self.bootstrap.chunks_for_range(index, offset, end - offset)
+        fetched = self._from_memory(pieces) if memory_only else list(self._fetch(pieces))
+        if fetched is None:
+            return None
+        # After the fetch: a miss has read ahead in the blob already, and the prefetch
+        # then skips what that brought.
+        if self._read_ahead and end < record.size:
+            self._prefetch_after(ino, index, offset, end, record.size)
         parts: list[bytes | memoryview] = []
-        for file_offset, data in self._fetch(pieces):
+        for file_offset, data in fetched:
             lo = max(offset - file_offset, 0)
             hi = min(end - file_offset, len(data))
             parts.append(data if (lo, hi) == (0, len(data)) else memoryview(data)[lo:hi])
         if len(parts) == 1 and isinstance(parts[0], bytes):
             return parts[0]  # a whole chunk: no copy
         return b"".join(parts)  # one copy, of views
+
+    def _prefetch_after(self, ino: int, index: int, offset: int, end: int, size: int) -> None:
+        """If ``[offset, end)`` continues a sequential read, prefetch what follows it."""
+        with self._streams_lock:
+            stream = self._streams.pop(ino, None)
+            furthest, streak = stream if stream is not None else (0, 0)
+            # In order: from the start, or near the furthest read of the file (the
+            # kernel's readahead sends several requests at once, which may arrive out of
+            # order).
+            if offset == 0 or (stream is not None and abs(offset - furthest) <= self._read_ahead):
+                streak += end - offset
+            else:
+                streak = 0  # a seek: no read ahead until it reads on in order
+            furthest = max(furthest, end) if streak else end
+            self._streams[ino] = (furthest, streak)
+            if len(self._streams) > _STREAMS:
+                self._streams.popitem(last=False)
+        ahead = min(self._read_ahead, 2 * streak, size - end)
+        if ahead <= 0 or self._prefetcher is None:
+            return
+        try:
+            pieces = self.bootstrap.chunks_for_range(index, end, ahead)
+            for blob_index, group in itertools.groupby(pieces, key=lambda piece: piece[1].blob):
+                blob = self.bootstrap.blob(blob_index).oci_digest
+                self._prefetcher.prefetch(blob, [chunk for _, chunk in group])
+        except KetchError:
+            return  # a hint only: the read itself reports any error
+
+    def _from_memory(self, pieces: list[tuple[int, ChunkRecord]]) -> list[tuple[int, bytes]] | None:
+        """A file range's chunks from the source's memory, or None if any is missing."""
+        if self._prefetcher is None:
+            return None
+        out: list[tuple[int, bytes]] = []
+        for blob_index, group in itertools.groupby(pieces, key=lambda piece: piece[1].blob):
+            run = list(group)
+            blob = self.bootstrap.blob(blob_index).oci_digest
+            datas = self._prefetcher.read_from_memory(blob, [chunk for _, chunk in run])
+            if datas is None:
+                return None
+            out.extend(zip((offset for offset, _ in run), datas, strict=True))
+        return out
 
     def _fetch(self, pieces: list[tuple[int, ChunkRecord]]) -> Iterator[tuple[int, bytes]]:
         """Fetch a file range's chunks, one merged read per run within a blob."""

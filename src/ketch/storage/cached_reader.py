@@ -23,12 +23,23 @@ else's, and a leader never waits, so no cycle of waiting threads can form.
 
 Memory: nothing is kept after ``read`` returns; a flight holds its bytes only until its
 waiters have them and the cache has them.
+
+Prefetch: ``prefetch(blob, chunks)`` claims flights for chunks a reader is about to want
+(the filesystem view calls it for the rest of a file read sequentially) and resolves them
+on a few worker threads: cache files are read and verified, or missing chunks fetched,
+decompressed and verified, several at once and ahead of the reader, who then joins the
+flight or finds the chunk in the memory tier. A prefetch worker is a leader like any
+other, so the deadlock argument holds; the bytes of claimed-but-unfinished prefetches are
+capped (``prefetch_budget``) and finished ones live in the memory tier, so memory stays
+bounded however many files are read at once. A prefetch that fails hands its error to
+whoever joined it (as any flight does) and is otherwise forgotten: a later read retries.
 """
 
 from __future__ import annotations
 
 import bisect
 import copy
+import logging
 import queue
 import threading
 import time
@@ -41,6 +52,8 @@ from ketch.errors import IntegrityError
 from ketch.format.records import ChunkRecord
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import ChunkReader, merge_ranges
+
+log = logging.getLogger("ketch.storage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +109,10 @@ class _RecentChunks:
         self._chunks: OrderedDict[bytes, bytes] = OrderedDict()
         self._bytes = 0
 
+    def __contains__(self, digest: bytes) -> bool:
+        with self._lock:
+            return digest in self._chunks
+
     def get(self, digest: bytes) -> bytes | None:
         with self._lock:
             data = self._chunks.get(digest)
@@ -119,6 +136,16 @@ class _RecentChunks:
 
 DEFAULT_MEMORY = 64 << 20
 _WRITE_BEHIND_CHUNKS = 32  # queued cache writes, at most a chunk each
+#: worker threads resolving prefetched chunks (cache file reads overlap on disk; zstd and
+#: blake3 release the GIL, so decompressing and hashing use every core)
+DEFAULT_PREFETCH_THREADS = 4
+#: uncompressed bytes of prefetched chunks claimed and not yet finished, at most
+DEFAULT_PREFETCH_BUDGET = 32 << 20
+#: compressed bytes of adjacent missing chunks one prefetch range read may merge: large
+#: enough to keep requests few on a slow link, small enough that several chunks are
+#: decompressed in parallel
+_PREFETCH_MERGE = 1 << 20
+_WORKER_IDLE = 10.0  # seconds a prefetch worker waits for work before it ends
 
 
 class CachedChunkReader:
@@ -133,6 +160,8 @@ class CachedChunkReader:
         write_behind: bool = False,
         readahead: int = 0,
         blob_chunks: Callable[[str], Sequence[ChunkRecord]] | None = None,
+        prefetch_threads: int = DEFAULT_PREFETCH_THREADS,
+        prefetch_budget: int = DEFAULT_PREFETCH_BUDGET,
     ) -> None:
         """``write_behind``: fill the cache from a background thread, so that a reader
         gets its bytes without waiting for the cache file to be written (the daemon).
@@ -141,7 +170,10 @@ class CachedChunkReader:
         this many bytes, in the same range read. Blobs are laid out in tree order, so
         they are mostly the files a program opens next (its other modules, the rest of
         a directory): one request instead of many small ones on a slow link.
-        ``blob_chunks`` lists a blob's chunks sorted by offset (from the bootstrap)."""
+        ``blob_chunks`` lists a blob's chunks sorted by offset (from the bootstrap).
+
+        ``prefetch_threads``: workers for ``prefetch`` (0: ``prefetch`` does nothing;
+        so it does without a memory tier, where prefetched chunks would be dropped)."""
         if cache is not None and cache.algo != reader.algo:
             raise ValueError(
                 f"chunk cache: expected digest algorithm {reader.algo.label}, "
@@ -165,6 +197,12 @@ class CachedChunkReader:
         if write_behind and cache is not None:
             self._writes = queue.Queue(_WRITE_BEHIND_CHUNKS)
             threading.Thread(target=self._write_behind, name="cache-fill", daemon=True).start()
+        # Prefetched chunks are kept in the memory tier: without one, no prefetch.
+        self._prefetch_threads = prefetch_threads if memory > 0 else 0
+        self._prefetch_budget = min(prefetch_budget, memory // 2)
+        self._prefetch_bytes = 0  # claimed by prefetch, not yet finished (under _lock)
+        self._prefetches: queue.SimpleQueue[_Prefetch] = queue.SimpleQueue()
+        self._workers = 0  # prefetch worker threads alive (under _lock)
 
     def _store(self, digest: bytes, data: bytes) -> None:
         if self.cache is None:
@@ -188,10 +226,95 @@ class CachedChunkReader:
                 self._writes.task_done()
 
     def flush(self) -> None:
-        """Wait until every chunk handed to the background writer is in the cache."""
-        if self._writes is not None:
-            while self._writes.unfinished_tasks:
-                time.sleep(0.01)
+        """Wait until every prefetch has finished and every chunk handed to the
+        background writer is in the cache."""
+        while True:
+            with self._lock:
+                prefetching = self._prefetch_bytes > 0
+            if not prefetching and (self._writes is None or not self._writes.unfinished_tasks):
+                return
+            time.sleep(0.01)
+
+    # -- prefetch -------------------------------------------------------------------------
+
+    def prefetch(self, blob: str, chunks: Sequence[ChunkRecord]) -> None:
+        """Start obtaining ``chunks`` (all in ``blob``) in the background, in order; never
+        blocks. Chunks already in memory or in flight are skipped, and what does not fit
+        the prefetch budget is left for the reader to fetch itself."""
+        if not self._prefetch_threads:
+            return
+        candidates = [chunk for chunk in chunks if chunk.digest not in self._recent]
+        if not candidates:
+            return
+        claimed: dict[bytes, _Flight] = {}
+        order: list[ChunkRecord] = []
+        with self._lock:
+            for chunk in candidates:
+                digest = chunk.digest
+                if digest in claimed or digest in self._flights:
+                    continue
+                if self._prefetch_bytes + chunk.uncompressed_size > self._prefetch_budget:
+                    break
+                self._prefetch_bytes += chunk.uncompressed_size
+                claimed[digest] = self._flights[digest] = _Flight()
+                order.append(chunk)
+            if not order:
+                return
+            # A chunk probably in the cache is one task (cache files are read in
+            # parallel); the others are fetched in small merged range reads.
+            cached = self.cache.probably_has if self.cache is not None else None
+            missing: list[ChunkRecord] = []
+            for chunk in order:
+                if cached is not None and cached(chunk.digest):
+                    self._prefetches.put(_Prefetch(blob, [chunk], claimed))
+                else:
+                    missing.append(chunk)
+            missing.sort(key=lambda chunk: chunk.compressed_offset)
+            for group in merge_ranges(missing, _PREFETCH_MERGE):
+                self._prefetches.put(_Prefetch(blob, group, claimed))
+            # Under the lock, with the tasks queued: a worker leaves only when it finds
+            # the queue empty under this lock, so queued work always has workers.
+            while self._workers < self._prefetch_threads:
+                self._workers += 1
+                threading.Thread(target=self._prefetch_worker, name="prefetch", daemon=True).start()
+
+    def read_from_memory(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes] | None:
+        """The bytes of ``chunks`` if every one is in the memory tier (verified when it
+        was obtained), else None: no I/O, no hashing, never blocks on another thread."""
+        found: list[bytes] = []
+        for chunk in chunks:
+            data = self._recent.get(chunk.digest)
+            if data is None:
+                return None
+            found.append(data)
+        with self._lock:
+            self._memory_hits += len({chunk.digest for chunk in chunks})
+        return found
+
+    def _prefetch_worker(self) -> None:
+        while True:
+            try:
+                task = self._prefetches.get(timeout=_WORKER_IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._prefetches.empty():
+                        self._workers -= 1
+                        return  # idle: the next prefetch starts workers again
+                continue
+            flights = {chunk.digest: task.flights[chunk.digest] for chunk in task.chunks}
+            try:
+                self._lead(task.blob, task.chunks, flights)
+            except Exception as exc:
+                # The flights carry the error to anyone who joined them.
+                log.debug("prefetch failed blob=%s error=%r", task.blob, exc)
+            finally:
+                try:
+                    self._land(flights)
+                finally:
+                    with self._lock:
+                        self._prefetch_bytes -= sum(
+                            chunk.uncompressed_size for chunk in task.chunks
+                        )
 
     # -- counters -------------------------------------------------------------------------
 
@@ -340,6 +463,9 @@ class CachedChunkReader:
                     break  # only whole chunks within the budget
                 if follower.compressed_offset in wanted:
                     continue
+                with self._lock:
+                    if follower.digest in self._flights:
+                        break  # being fetched (prefetched, say): the rest likely too
                 if self._recent.get(follower.digest) is not None or (
                     self.cache is not None and self.cache.probably_has(follower.digest)
                 ):
@@ -369,6 +495,16 @@ class CachedChunkReader:
             with self._lock:
                 for digest in flights:
                     self._flights.pop(digest, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prefetch:
+    """Chunks of one blob a prefetch worker resolves, with the flights claimed for them
+    (shared by the tasks of one ``prefetch`` call; each task resolves its own)."""
+
+    blob: str
+    chunks: list[ChunkRecord]
+    flights: dict[bytes, _Flight]
 
 
 def _fail_unresolved(flights: dict[bytes, _Flight], error: BaseException) -> None:

@@ -226,7 +226,7 @@ class ChunkCache:
             identity = _identity(st)
             if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_SIZE:
                 return None, identity
-            return _read_limited(fd, MAX_ENTRY_SIZE), identity
+            return _read_limited(fd, MAX_ENTRY_SIZE, st.st_size), identity
         except OSError:
             return None, None
         finally:
@@ -449,12 +449,17 @@ def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _read_limited(fd: int, limit: int) -> bytes | None:
-    """All bytes of ``fd``, or None if there are more than ``limit``."""
+def _read_limited(fd: int, limit: int, expected: int) -> bytes | None:
+    """All bytes of ``fd``, or None if there are more than ``limit``.
+
+    ``expected`` (the size ``fstat`` saw) sizes the first read, so a whole entry is one
+    ``read`` into a buffer of its own size; the file may still have changed since, so
+    reading goes on to the end of the file in any case."""
     parts: list[bytes] = []
     total = 0
     while True:
-        part = os.read(fd, limit + 1 - total)
+        want = expected - total if total < expected else 1 << 16
+        part = os.read(fd, min(want, limit + 1 - total))
         if not part:
             return b"".join(parts)
         parts.append(part)

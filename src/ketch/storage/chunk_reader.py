@@ -10,7 +10,7 @@ naming blob, offset and digests; wrong bytes are never returned.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ketch.errors import IntegrityError
 from ketch.format.codecs import decoder
@@ -27,6 +27,21 @@ class ChunkSource(Protocol):
 
     def read(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes]:
         """The verified bytes of ``chunks`` (all in ``blob``), in the order given."""
+        ...
+
+
+@runtime_checkable
+class PrefetchingSource(ChunkSource, Protocol):
+    """A chunk source that can obtain chunks ahead of the reader, in the background, and
+    serve those it holds in memory without blocking (the FUSE adapter does so on its
+    event loop)."""
+
+    def prefetch(self, blob: str, chunks: Sequence[ChunkRecord]) -> None:
+        """Start obtaining ``chunks`` (all in ``blob``); never blocks, never raises."""
+        ...
+
+    def read_from_memory(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes] | None:
+        """The verified bytes of ``chunks`` if all are in memory, else None; no I/O."""
         ...
 
 
