@@ -239,7 +239,11 @@ class ChunkCache:
             self._hits += 1
             entry = self._index.get(digest)
             if entry is None:
-                # Stored by another process after our last scan: it counts from now on.
+                # Stored by another process after our last scan, or evicted by another
+                # thread since we read it (evictions unlink under this lock): it counts
+                # from now on only if it is still there.
+                if not os.path.lexists(path):
+                    return
                 entry = _Entry(size, now, now)
                 self._index[digest] = entry
                 self._bytes += size
@@ -268,40 +272,52 @@ class ChunkCache:
         size = memoryview(data).nbytes
         if size > MAX_ENTRY_SIZE:
             return False
-        try:
-            existing = os.lstat(path)
-        except OSError:
-            existing = None
-        if not (
-            existing is not None and stat.S_ISREG(existing.st_mode) and existing.st_size == size
-        ):
+        for _ in range(3):  # another thread may evict it between our write and our index
             try:
-                self._write_entry(path, data)
+                existing: os.stat_result | None = os.lstat(path)
             except OSError:
-                with self._lock:
-                    self._store_errors += 1
-                return False
-            stored = True
-        else:
-            stored = False  # another thread or process stored it: one copy is enough
-        now = time.time_ns()
-        with self._lock:
-            if stored:
-                self._stores += 1
-            entry = self._index.pop(digest, None)
-            if entry is not None:
-                self._bytes -= entry.size
-            if stored:
-                touched = now
-            elif entry is not None:
-                touched = entry.touched
+                existing = None
+            if not (
+                existing is not None and stat.S_ISREG(existing.st_mode) and existing.st_size == size
+            ):
+                try:
+                    self._write_entry(path, data)
+                except OSError:
+                    with self._lock:
+                        self._store_errors += 1
+                    return False
+                stored = True
             else:
-                touched = existing.st_mtime_ns if existing is not None else now
-            self._index[digest] = _Entry(size, now, touched)
-            self._bytes += size
+                stored = False  # another thread or process stored it: one copy is enough
+            now = time.time_ns()
+            with self._lock:
+                # Evictions unlink under this lock: present now, present once indexed.
+                if os.path.lexists(path):
+                    self._index_put(digest, size, now, stored, existing)
+                    break
+        else:
+            return False
         self._maybe_rescan(now)
         self._enforce_capacity()
         return True
+
+    def _index_put(
+        self, digest: bytes, size: int, now: int, stored: bool, existing: os.stat_result | None
+    ) -> None:
+        """Record a present entry (the caller holds the lock)."""
+        if stored:
+            self._stores += 1
+        entry = self._index.pop(digest, None)
+        if entry is not None:
+            self._bytes -= entry.size
+        if stored:
+            touched = now
+        elif entry is not None:
+            touched = entry.touched
+        else:
+            touched = existing.st_mtime_ns if existing is not None else now
+        self._index[digest] = _Entry(size, now, touched)
+        self._bytes += size
 
     def _write_entry(self, path: Path, data: bytes | memoryview) -> None:
         """Write to a temporary file next to the entry, then rename it into place."""
@@ -353,13 +369,13 @@ class ChunkCache:
                         self._index[digest] = _Entry(st.st_size, st.st_mtime_ns, st.st_mtime_ns)
                         self._bytes += st.st_size
                 continue
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError:
-                continue  # not ours to delete (e.g. a directory planted there): forget it
             with self._lock:
+                if digest in self._index:
+                    continue  # stored or hit again by another thread meanwhile: keep it
+                try:
+                    path.unlink()
+                except OSError:
+                    continue  # gone already, or not ours to delete (a planted directory)
                 self._evictions += 1
 
     # -- scanning -------------------------------------------------------------------------
