@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import stat
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ketch.builder.chunk_index import ChunkIndex
 from ketch.builder.tree import Node
@@ -127,12 +127,13 @@ def flatten(
 
     # 3. Records and digests, children before parents (reverse breadth-first order).
     strings = _Strings()
+    add_string = strings.add
     dirents: list[DirentRecord] = []
     dirent_start: list[int] = []
-    for i in range(len(order)):
+    for children in entries:
         dirent_start.append(len(dirents))
-        for name, child_index in entries[i]:
-            dirents.append(DirentRecord(strings.add(name), len(name), child_index))
+        for name, child_index in children:
+            dirents.append(DirentRecord(add_string(name), len(name), child_index))
     chunkrefs: list[ChunkRef] = []
     chunkref_start: list[int] = []
     for node in order:
@@ -144,19 +145,21 @@ def flatten(
     # Non-directories first: a hardlinked file is numbered where it is first met, which
     # may be after a directory that also names it. Then directories, deepest first
     # (breadth-first numbering puts every directory after its parent).
-    digests: list[bytes] = [b""] * len(order)
-    records: list[InodeRecord | None] = [None] * len(order)
-    by_kind = sorted(range(len(order)), key=lambda i: (order[i].is_dir, -i))
+    count = len(order)
+    digests: list[bytes] = [b""] * count
+    records: list[InodeRecord | None] = [None] * count
+    backwards = range(count - 1, -1, -1)
+    by_kind = [i for i in backwards if order[i].children is None]
+    by_kind += [i for i in backwards if order[i].children is not None]
     for i in by_kind:
         node = order[i]
         record = _record(
             node,
-            i,
             entries[i],
             digests,
             names[id(node)],
             parent_of[i],
-            strings,
+            add_string,
             dirent_start[i],
             chunkref_start[i],
             algo,
@@ -186,46 +189,54 @@ def flatten(
 
 def _record(
     node: Node,
-    i: int,
     children: list[tuple[bytes, int]],
     digests: list[bytes],
     name_count: int,
     parent: int,
-    strings: _Strings,
+    add_string: Callable[[bytes], int],
     dirent_start: int,
     chunkref_start: int,
     algo: DigestAlgorithm,
     clamp_mtime: int | None,
 ) -> InodeRecord:
+    # Runs once per inode, on the build's last, single-threaded stretch: kept lean.
     mode = node.mode
     sec, nsec = node.mtime_sec, node.mtime_nsec
     if clamp_mtime is not None and (sec, nsec) > (clamp_mtime, 0):
         sec, nsec = clamp_mtime, 0
-    xattr_block = encode_xattrs(node.xattrs)
-    xattr_offset = strings.add(xattr_block) if xattr_block else 0
-    size = 0
-    data_start = data_count = 0
-    if stat.S_ISDIR(mode):
-        nlink = 2 + sum(1 for child in (node.children or {}).values() if child.is_dir)
+    xattr_block = encode_xattrs(node.xattrs) if node.xattrs else b""
+    xattr_offset = add_string(xattr_block) if xattr_block else 0
+    kind = stat.S_IFMT(mode)
+    size = rdev = 0
+    if kind == stat.S_IFDIR:
+        nlink = 2
+        for child in (node.children or {}).values():
+            if child.children is not None:
+                nlink += 1
+        attrs = NodeAttrs(mode, node.uid, node.gid, nlink, 0, 0, sec, nsec, xattr_block)
+        digest = directory_digest(algo, attrs, [(name, digests[c]) for name, c in children])
         data_start, data_count = dirent_start, len(children)
+    elif kind == stat.S_IFREG:
+        nlink = name_count
+        chunks = node.chunks
+        for _, chunk_size in chunks:
+            size += chunk_size
+        attrs = NodeAttrs(mode, node.uid, node.gid, nlink, size, 0, sec, nsec, xattr_block)
+        digest = file_digest(algo, attrs, [d for d, _ in chunks])
+        data_start, data_count = chunkref_start, len(chunks)
+    elif kind == stat.S_IFLNK:
+        nlink = name_count
+        size = len(node.link_target)
+        attrs = NodeAttrs(mode, node.uid, node.gid, nlink, size, 0, sec, nsec, xattr_block)
+        digest = symlink_digest(algo, attrs, node.link_target)
+        data_start, data_count = add_string(node.link_target), size
     else:
         nlink = name_count
-    if stat.S_ISREG(mode):
-        size = sum(s for _, s in node.chunks)
-        data_start, data_count = chunkref_start, len(node.chunks)
-    elif stat.S_ISLNK(mode):
-        size = len(node.link_target)
-        data_start, data_count = strings.add(node.link_target), size
-    rdev = node.rdev if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 0
-    attrs = NodeAttrs(mode, node.uid, node.gid, nlink, size, rdev, sec, nsec, xattr_block)
-    if stat.S_ISDIR(mode):
-        digest = directory_digest(algo, attrs, [(name, digests[c]) for name, c in children])
-    elif stat.S_ISREG(mode):
-        digest = file_digest(algo, attrs, (d for d, _ in node.chunks))
-    elif stat.S_ISLNK(mode):
-        digest = symlink_digest(algo, attrs, node.link_target)
-    else:
+        if kind in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = node.rdev
+        attrs = NodeAttrs(mode, node.uid, node.gid, nlink, 0, rdev, sec, nsec, xattr_block)
         digest = special_digest(algo, attrs)
+        data_start = data_count = 0
     return InodeRecord(
         digest,
         mode,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator
 
-from pyfastcdc import FastCDC
-
 from ketch.errors import UsageError
 
 MIN_CHUNK_SIZE = 4 << 10
@@ -86,6 +84,9 @@ class CdcChunker(Chunker):
     name = "cdc"
 
     def __init__(self, chunk_size: int) -> None:
+        # Imported here: every convert loads this module, few use content-defined chunks.
+        from pyfastcdc import FastCDC  # noqa: PLC0415
+
         super().__init__(chunk_size)
         average = min(chunk_size, 4 << 20)
         self._cdc = FastCDC(

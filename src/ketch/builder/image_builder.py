@@ -8,12 +8,13 @@ interrupted build leaves the destination's tags as they were.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import stat
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from ketch.builder.bootstrap_build import flatten
 from ketch.builder.chunk_index import ChunkIndex
 from ketch.builder.chunker import DEFAULT_CHUNK_SIZE, make_chunker
 from ketch.builder.dir_source import directory_entries
-from ketch.builder.layer_builder import DataSource, LayerBuilder, LayerResult
+from ketch.builder.layer_builder import DataSource, LayerBlob, LayerBuilder, LayerResult
+from ketch.builder.progress import Progress
 from ketch.builder.tree import Node, Tree
 from ketch.errors import BadLayerError, UnsupportedError
 from ketch.format.bootstrap_writer import write_bootstrap
@@ -30,7 +32,7 @@ from ketch.format.codecs import codec_by_name
 from ketch.format.digests import DigestAlgorithm, sha256_hex
 from ketch.format.records import FORMAT_VERSION
 from ketch.oci import mediatypes as mt
-from ketch.oci.layer_stream import LayerStream
+from ketch.oci.layer_stream import BufferPool, LayerStream
 from ketch.oci.manifest import Descriptor, Manifest, Platform, canonical_json, load_json
 from ketch.oci.tar_layer import EntryKind, LayerEntry, LayerReader, clean_path
 from ketch.storage.ketch_image import KetchImage
@@ -51,16 +53,6 @@ class BuildOptions:
     # Files to fetch first after a mount (an access trace, e.g. from `ketch status --json`),
     # stored in the bootstrap's prefetch table; paths not in the image are skipped.
     prefetch_paths: list[str] = field(default_factory=list)
-
-
-class Progress:
-    """What the builder reports while it works; the CLI draws it."""
-
-    def layer_started(self, name: str, total: int | None) -> None: ...
-
-    def advance(self, nbytes: int) -> None: ...
-
-    def layer_finished(self, name: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -113,6 +105,8 @@ class ImageBuilder:
         self.layers: list[LayerSummary] = []
         self.layer_blobs: list[tuple[str, int, int]] = []  # (digest, size, chunks) in layer order
         self.source_descriptor: Descriptor | None = None  # the manifest ``convert`` read
+        # Layers whose blob the writer thread is still sealing, in layer order.
+        self._pending: list[tuple[LayerSummary, Future[LayerBlob]]] = []
         self._started = time.monotonic()
 
     # -- sources ----------------------------------------------------------------------
@@ -124,7 +118,8 @@ class ImageBuilder:
         config = load_json(
             source.read_blob(manifest.config.digest, max_size=4 << 20), "image config"
         )
-        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="chunk") as pool:
+        buffers = BufferPool()  # decompression buffers, shared by the layers in turn
+        with self._executors() as (pool, writer):
             for number, layer in enumerate(manifest.layers):
                 compression = mt.LAYER_COMPRESSION.get(layer.media_type)
                 if compression is None:
@@ -133,10 +128,14 @@ class ImageBuilder:
                         f"{layer.media_type!r} is not a tar layer"
                     )
                 with contextlib.closing(source.open_blob(layer.digest)) as raw:
-                    stream = LayerStream(raw, compression, layer.digest, size=layer.size)
+                    stream = LayerStream(
+                        raw, compression, layer.digest, size=layer.size, buffers=buffers
+                    )
                     try:
                         reader = LayerReader(stream, layer.digest)  # type: ignore[arg-type]
-                        self._add_layer(pool, layer.digest, _tar_entries(reader), layer.size)
+                        self._add_layer(
+                            pool, writer, layer.digest, _tar_entries(reader), layer.size
+                        )
                         stream.finish()
                     except BadLayerError:
                         # A blob that is not what the manifest names is reported as such,
@@ -148,12 +147,30 @@ class ImageBuilder:
         return manifest, descriptor.digest, config
 
     def add_directory(self, root: Path) -> None:
-        with ThreadPoolExecutor(self.options.workers, thread_name_prefix="chunk") as pool:
-            self._add_layer(pool, str(root), directory_entries(root), None)
+        with self._executors() as (pool, writer):
+            self._add_layer(pool, writer, str(root), directory_entries(root), None)
+
+    @contextlib.contextmanager
+    def _executors(self) -> Iterator[tuple[ThreadPoolExecutor, ThreadPoolExecutor]]:
+        """The hash/compress pool, and the one thread that writes and seals blobs (a
+        layer's blob is sealed while the next layer is read); blobs are published in
+        layer order once the writer is done, or dropped if the build failed."""
+        with (
+            _gc_paused(),
+            ThreadPoolExecutor(self.options.workers, thread_name_prefix="chunk") as pool,
+            ThreadPoolExecutor(1, thread_name_prefix="blob") as writer,
+        ):
+            try:
+                yield pool, writer
+            except BaseException:
+                self._drop_pending()
+                raise
+            self._publish_pending()
 
     def _add_layer(
         self,
         pool: ThreadPoolExecutor,
+        writer: ThreadPoolExecutor,
         name: str,
         entries: Iterator[tuple[LayerEntry, DataSource | None]],
         total: int | None,
@@ -166,28 +183,42 @@ class ImageBuilder:
             algo=self.algo,
             index=self.index,
             pool=pool,
+            writer=writer,
             on_bytes=self.progress.advance,
         )
         result: LayerResult = builder.build(name, entries)
-        blob = result.blob
-        if blob is not None:
-            # Published before the tree is touched: a blob is content-addressed and
-            # complete, so it is harmless if the build fails later, and no temporary
-            # file is left behind.
-            self.dest.push_blob_file(blob.path, blob.digest)
-            self.layer_blobs.append((blob.digest, blob.size, blob.chunk_count))
-        self.tree.apply(result.changes)
-        self.layers.append(
-            LayerSummary(
-                name,
-                blob.digest if blob else None,
-                blob.size if blob else 0,
-                result.file_bytes,
-                result.chunks_seen,
-                result.chunks_stored,
-            )
+        summary = LayerSummary(
+            name, None, 0, result.file_bytes, result.chunks_seen, result.chunks_stored
         )
+        if result.blob is not None:
+            self._pending.append((summary, result.blob))  # before anything else can fail
+        self.tree.apply(result.changes)
+        self.layers.append(summary)
         self.progress.layer_finished(name)
+
+    def _publish_pending(self) -> None:
+        """Push the sealed blobs in layer order (a blob is content-addressed and complete,
+        so it is harmless if the build fails later)."""
+        try:
+            while self._pending:
+                summary, future = self._pending[0]
+                blob = future.result()
+                self.dest.push_blob_file(blob.path, blob.digest)
+                self._pending.pop(0)
+                self.layer_blobs.append((blob.digest, blob.size, blob.chunk_count))
+                summary.blob, summary.blob_size = blob.digest, blob.size
+        except BaseException:
+            self._drop_pending()
+            raise
+
+    def _drop_pending(self) -> None:
+        """After a failure: wait for the writer's blobs and remove them, leaving no
+        temporary file behind."""
+        pending, self._pending = self._pending, []
+        for _, future in pending:
+            # A sealing error is the failure being reported, or one it caused.
+            if future.exception() is None:
+                future.result().path.unlink(missing_ok=True)
 
     def _prefetch_nodes(self) -> list[Node]:
         nodes: list[Node] = []
@@ -207,6 +238,12 @@ class ImageBuilder:
         *,
         config: dict[str, Any] | None = None,
         source_manifest: str | None = None,
+    ) -> BuildSummary:
+        with _gc_paused():
+            return self._finish(tag, config, source_manifest)
+
+    def _finish(
+        self, tag: str, config: dict[str, Any] | None, source_manifest: str | None
     ) -> BuildSummary:
         # Blob table: this image's layer blobs in layer order, then the dictionary blobs
         # its tree references, by digest.
@@ -296,6 +333,21 @@ class ImageBuilder:
             stored_bytes=sum(b.size for b in tables.blobs),
             seconds=round(time.monotonic() - self._started, 3),
         )
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The builder makes hundreds of thousands of long-lived objects and no reference
+    cycles: the cyclic collector would only scan them, again and again, on the thread
+    that is the build's bottleneck."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _regular(node: Node | None) -> bool:

@@ -2,9 +2,12 @@
 
 Chunks are hashed and compressed on a thread pool (blake3, zstd and lz4 release the GIL),
 in bounded flight; dedup decisions are taken in order on the calling thread. New chunks
-are spooled in arrival order, then the blob is laid out in tree order (depth-first,
-names sorted), so its bytes do not depend on tar order. When arrival order already is
-tree order (umoci and Docker write layers that way) the spool becomes the blob as is.
+are spooled in arrival order by a writer thread, then the blob is laid out in tree order
+(depth-first, names sorted), so its bytes do not depend on tar order. When arrival order
+already is tree order (umoci and Docker write layers that way) the spool becomes the
+blob as is. Sealing (any rewrite in tree order, table, trailer, sha256) runs on the
+writer thread too, while the calling thread goes on with the next layer: the calling
+thread is the convert's bottleneck, so it only decides, and never writes or hashes.
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from ketch.builder.chunk_index import ChunkIndex, ChunkLocation
 from ketch.builder.chunker import Chunker
 from ketch.builder.tree import LayerChanges, Node
 from ketch.errors import BadLayerError
-from ketch.format.blob import BlobWriter
+from ketch.format.blob import BlobWriter, pack_table
 from ketch.format.codecs import Codec, CodecId
 from ketch.format.digests import DigestAlgorithm
 from ketch.oci.tar_layer import EntryKind, LayerEntry
@@ -30,11 +32,13 @@ from ketch.oci.tar_layer import EntryKind, LayerEntry
 # A file's data: call with a block size, get its bytes in blocks.
 DataSource = Callable[[int], Iterable[bytes | memoryview]]
 _IN_FLIGHT_BYTES = 64 << 20
+_WRITE_BACKLOG_BYTES = 32 << 20  # stored bytes handed to the writer thread, not written yet
 _BATCH_BYTES = 1 << 20
 _BATCH_CHUNKS = 64
 # (digest, (stored bytes, codec) unless the chunk was already known, uncompressed size)
 _Processed = tuple[bytes, tuple[bytes | memoryview, int] | None, int]
 _READ_BLOCK = 1 << 20
+_NO_DATA = (EntryKind.WHITEOUT, EntryKind.OPAQUE, EntryKind.HARDLINK)
 
 
 @dataclass(slots=True)
@@ -48,10 +52,55 @@ class LayerBlob:
 @dataclass(slots=True)
 class LayerResult:
     changes: LayerChanges
-    blob: LayerBlob | None
+    blob: Future[LayerBlob] | None  # sealed on the writer thread; None: no new chunk
     file_bytes: int
     chunks_seen: int
     chunks_stored: int
+
+
+class _Spool:
+    """A layer's new chunks in arrival order, in a scratch file that only the writer
+    thread touches once it is made; the calling thread queues work on it in order."""
+
+    def __init__(self, scratch: Path, algo: DigestAlgorithm, writer: ThreadPoolExecutor) -> None:
+        fd, name = tempfile.mkstemp(prefix=".tmp-spool-", dir=scratch)
+        self.path = Path(name)
+        self.blob = BlobWriter(fd, algo)
+        self._writer = writer
+        self._backlog: deque[tuple[Future[None], int]] = deque()
+        self._backlog_bytes = 0
+        self.error: BaseException | None = None  # the first failed write, for the seal
+
+    def write(self, parts: list[bytes | memoryview], nbytes: int) -> None:
+        self._backlog.append((self._writer.submit(self._write, parts), nbytes))
+        self._backlog_bytes += nbytes
+        while self._backlog_bytes > _WRITE_BACKLOG_BYTES:
+            future, done = self._backlog.popleft()
+            self._backlog_bytes -= done
+            future.result()  # bounded memory; a write error surfaces here
+
+    def _write(self, parts: list[bytes | memoryview]) -> None:
+        if self.error is not None:
+            return
+        try:
+            self.blob.write(parts)
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def stop_hashing(self) -> None:
+        """Arrival order will not be the blob's: hashing the spool is wasted work."""
+        self._writer.submit(self.blob.stop_hashing)
+
+    def close(self) -> None:
+        """Writer thread: drop the scratch file (after any writes queued before)."""
+        os.close(self.blob.fd)
+        self.path.unlink(missing_ok=True)
+
+    def abandon(self) -> None:
+        for future, _ in self._backlog:
+            future.cancel()
+        self._writer.submit(self.close)
 
 
 class LayerBuilder:
@@ -64,6 +113,7 @@ class LayerBuilder:
         algo: DigestAlgorithm,
         index: ChunkIndex,
         pool: ThreadPoolExecutor,
+        writer: ThreadPoolExecutor,
         on_bytes: Callable[[int], None] = lambda _: None,
     ) -> None:
         self._scratch = scratch
@@ -72,6 +122,7 @@ class LayerBuilder:
         self._algo = algo
         self._index = index
         self._pool = pool
+        self._writer = writer  # one thread: spool writes and seals, in submission order
         self._on_bytes = on_bytes
 
     def _process_batch(self, chunks: list[bytes | memoryview]) -> list[_Processed]:
@@ -91,26 +142,23 @@ class LayerBuilder:
     def build(
         self, name: str, entries: Iterator[tuple[LayerEntry, DataSource | None]]
     ) -> LayerResult:
-        changes = LayerChanges(name)
-        fd, spool_name = tempfile.mkstemp(prefix=".tmp-spool-", dir=self._scratch)
-        spool_path = Path(spool_name)
+        """The layer's changes now; its blob once the writer thread has sealed it."""
+        spool = _Spool(self._scratch, self._algo, self._writer)
         try:
-            with os.fdopen(fd, "w+b") as spool_file:
-                return self._build(name, entries, changes, spool_file, spool_path)
-        finally:
-            spool_path.unlink(missing_ok=True)
+            return self._build(name, entries, spool)
+        except BaseException:
+            spool.abandon()
+            raise
 
     def _build(
         self,
         name: str,
         entries: Iterator[tuple[LayerEntry, DataSource | None]],
-        changes: LayerChanges,
-        spool_file: IO[bytes],
-        spool_path: Path,
+        spool: _Spool,
     ) -> LayerResult:
-        spool = BlobWriter(spool_file, self._algo)
-        new: dict[bytes, ChunkLocation] = {}
-        arrival: list[bytes] = []
+        changes = LayerChanges(name)
+        index = self._index.chunks
+        new: dict[bytes, ChunkLocation] = {}  # in arrival order
         # Chunks go to the pool in batches: one task per small file's chunk would cost
         # the main thread more in task handling than the hashing costs the worker.
         inflight: deque[tuple[list[Node], Future[list[_Processed]]]] = deque()
@@ -121,6 +169,8 @@ class LayerBuilder:
         file_bytes = 0
         progress = 0  # bytes not yet reported
         seen = 0
+        spooled = 0  # bytes placed in the spool
+        last_path: tuple[bytes, ...] | None = ()  # None once files came out of tree order
 
         def flush() -> None:
             nonlocal batch_nodes, batch_chunks, batch_bytes
@@ -129,39 +179,49 @@ class LayerBuilder:
                 batch_nodes, batch_chunks, batch_bytes = [], [], 0
 
         def settle() -> None:
-            nonlocal inflight_bytes, seen
+            nonlocal inflight_bytes, seen, spooled
             nodes, future = inflight.popleft()
-            for node, (digest, compressed, size) in zip(nodes, future.result(), strict=True):
+            results = future.result()
+            parts: list[bytes | memoryview] = []
+            start = spooled
+            for node, (digest, compressed, size) in zip(nodes, results, strict=True):
                 inflight_bytes -= size
-                seen += 1
                 node.chunks.append((digest, size))
-                if digest in self._index:
+                if digest in index:
                     continue
                 if compressed is None:  # cannot happen: the index only grows
                     raise BadLayerError(f"layer {name}: chunk {digest.hex()} lost its data")
                 stored, codec_id = compressed
-                entry = spool.add(digest, stored, size, codec_id)
-                location = ChunkLocation(None, entry.compressed_offset, len(stored), size, codec_id)
-                self._index.add(digest, location)
+                location = ChunkLocation(None, spooled, len(stored), size, codec_id)
+                index[digest] = location
                 new[digest] = location
-                arrival.append(digest)
+                parts.append(stored)
+                spooled += len(stored)
+            seen += len(results)
+            if parts:
+                spool.write(parts, spooled - start)
 
         try:
             for entry, data in entries:
-                if entry.kind is not EntryKind.FILE or data is None:
-                    node = None
-                    if entry.kind not in (EntryKind.WHITEOUT, EntryKind.OPAQUE, EntryKind.HARDLINK):
-                        node = Node.from_entry(entry)
-                    changes.add(entry, node)
+                kind = entry.kind
+                if kind is not EntryKind.FILE or data is None:
+                    changes.add(entry, None if kind in _NO_DATA else Node.from_entry(entry))
                     continue
+                if last_path is not None:
+                    if entry.path > last_path:
+                        last_path = entry.path
+                    else:
+                        last_path = None
+                        spool.stop_hashing()
                 node = Node.from_entry(entry)
                 for chunk in self._chunker.chunkify(data(_READ_BLOCK)):
+                    size = len(chunk)
                     batch_nodes.append(node)
                     batch_chunks.append(chunk)
-                    batch_bytes += len(chunk)
-                    inflight_bytes += len(chunk)
-                    file_bytes += len(chunk)
-                    progress += len(chunk)
+                    batch_bytes += size
+                    inflight_bytes += size
+                    file_bytes += size
+                    progress += size
                     if batch_bytes >= _BATCH_BYTES or len(batch_chunks) >= _BATCH_CHUNKS:
                         flush()
                         self._on_bytes(progress)
@@ -176,49 +236,86 @@ class LayerBuilder:
         finally:
             for _, future in inflight:
                 future.cancel()
-        blob = self._seal(changes, spool, spool_file, spool_path, new, arrival)
+        blob = self._seal(changes, spool, new)
         return LayerResult(changes, blob, file_bytes, seen, len(new))
 
     def _seal(
-        self,
-        changes: LayerChanges,
-        spool: BlobWriter,
-        spool_file: IO[bytes],
-        spool_path: Path,
-        new: dict[bytes, ChunkLocation],
-        arrival: list[bytes],
-    ) -> LayerBlob | None:
+        self, changes: LayerChanges, spool: _Spool, new: dict[bytes, ChunkLocation]
+    ) -> Future[LayerBlob] | None:
+        """Decide the blob's layout here; have the writer thread write and seal it."""
         if not new:
+            spool.abandon()
             return None
         order: list[bytes] = []
         placed: set[bytes] = set()
+        nodes = changes.nodes
         for path in changes.file_paths_in_order():
-            for chunk_digest, _ in changes.nodes[path][1].chunks:
+            for chunk_digest, _ in nodes[path][1].chunks:
                 if chunk_digest in new and chunk_digest not in placed:
                     placed.add(chunk_digest)
                     order.append(chunk_digest)
         # Chunks only of entries a later entry of the same path replaced: by digest.
         order.extend(sorted(d for d in new if d not in placed))
-        spool_file.flush()
-        if order == arrival:
-            blob_digest, size = spool.finish()
-            spool_file.flush()
-            final = spool_path.with_name(".tmp-blob-" + blob_digest[7:])
-            os.replace(spool_path, final)
-        else:
-            fd, out_name = tempfile.mkstemp(prefix=".tmp-blob-", dir=self._scratch)
-            with os.fdopen(fd, "wb") as out:
-                writer = BlobWriter(out, self._algo)
-                for chunk_digest in order:
-                    location = new[chunk_digest]
-                    data = os.pread(spool_file.fileno(), location.compressed_size, location.offset)
-                    entry = writer.add(
-                        chunk_digest, data, location.uncompressed_size, location.codec
-                    )
-                    location.offset = entry.compressed_offset
-                blob_digest, size = writer.finish()
-            final = Path(out_name).with_name(".tmp-blob-" + blob_digest[7:])
-            os.replace(out_name, final)
-        for location in new.values():
+        ranges: list[tuple[int, int]] | None = None
+        if order != list(new):
+            # Tree order differs: the spool's ranges in that order, adjacent ones merged,
+            # and every chunk's offset in the blob.
+            ranges = []
+            position = 0
+            for chunk_digest in order:
+                location = new[chunk_digest]
+                if ranges and ranges[-1][0] + ranges[-1][1] == location.offset:
+                    ranges[-1] = (ranges[-1][0], ranges[-1][1] + location.compressed_size)
+                else:
+                    ranges.append((location.offset, location.compressed_size))
+                location.offset = position
+                position += location.compressed_size
+        rows = []
+        for chunk_digest in order:
+            location = new[chunk_digest]
+            rows.append(
+                (
+                    chunk_digest,
+                    location.offset,
+                    location.compressed_size,
+                    location.uncompressed_size,
+                    location.codec,
+                )
+            )
+        locations = list(new.values())
+        return self._writer.submit(self._write_blob, spool, ranges, rows, locations)
+
+    def _write_blob(
+        self,
+        spool: _Spool,
+        ranges: list[tuple[int, int]] | None,
+        rows: list[tuple[bytes, int, int, int, int]],
+        locations: list[ChunkLocation],
+    ) -> LayerBlob:
+        """Writer thread: the sealed blob, renamed after its digest; sets every new
+        chunk's blob (nothing reads it before the build has waited for this)."""
+        try:
+            if spool.error is not None:
+                raise spool.error
+            if ranges is None:
+                blob_digest, size = spool.blob.finish(pack_table(rows), len(rows))
+                final = spool.path.with_name(".tmp-blob-" + blob_digest[7:])
+                os.replace(spool.path, final)
+            else:
+                fd, out_name = tempfile.mkstemp(prefix=".tmp-blob-", dir=self._scratch)
+                try:
+                    writer = BlobWriter(fd, self._algo)
+                    writer.copy_ranges(spool.blob.fd, ranges)
+                    blob_digest, size = writer.finish(pack_table(rows), len(rows))
+                    final = Path(out_name).with_name(".tmp-blob-" + blob_digest[7:])
+                    os.replace(out_name, final)
+                except BaseException:
+                    Path(out_name).unlink(missing_ok=True)
+                    raise
+                finally:
+                    os.close(fd)
+        finally:
+            spool.close()
+        for location in locations:
             location.blob = blob_digest
-        return LayerBlob(blob_digest, size, len(order), final)
+        return LayerBlob(blob_digest, size, len(rows), final)

@@ -12,17 +12,21 @@ import hashlib
 import queue
 import threading
 import zlib
-from typing import IO, cast
+from typing import IO, Protocol, cast
 
 import zstandard
 from isal import igzip, igzip_lib
 
 from ketch.errors import BadLayerError, IntegrityError, KetchError, UnsupportedError
 
-BLOCK = 1 << 20
+BLOCK = 1 << 20  # raw (compressed) reads
+# Decompressed blocks: entry data is handed on as views of them, and only a read that
+# spans two blocks is copied (on the consumer's thread, holding the GIL), so the larger
+# the block, the fewer such copies. Bounded: the queue holds _QUEUE_BLOCKS of them.
+OUT_BLOCK = 4 << 20
 # isal's stubs declare its error as an instance, not a class.
 _ISAL_ERROR = cast("type[Exception]", igzip_lib.IsalError)
-_QUEUE_BLOCKS = 8
+_QUEUE_BLOCKS = 4
 
 
 class _ZstdFraming:
@@ -106,6 +110,38 @@ class _ZstdFraming:
             self._expect("magic", 4)
 
 
+class _ReadInto(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+
+class BufferPool:
+    """Decompression buffers, reused: a fresh buffer costs the kernel a page fault per
+    4 KiB of output. One pool can serve the layers of a whole build, one after another.
+
+    Whoever still holds data of a buffer (the queue, the consumer, a chunk being hashed
+    or written) holds a view of it, and a bytearray with views cannot be resized: that
+    tells a buffer in use from a free one.
+    """
+
+    def __init__(self, size: int = OUT_BLOCK) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._buffers: list[bytearray] = []
+
+    def take(self) -> bytearray:
+        with self._lock:
+            for buffer in self._buffers:
+                try:
+                    del buffer[-1:]
+                except BufferError:
+                    continue
+                buffer.append(0)
+                return buffer
+            buffer = bytearray(self.size)
+            self._buffers.append(buffer)
+            return buffer
+
+
 class _HashingReader:
     """Counts and hashes every byte the decompressor pulls from the raw blob."""
 
@@ -114,6 +150,8 @@ class _HashingReader:
         self.sha = hashlib.sha256()
         self.count = 0
         self.framing = framing
+        # Straight into the decompressor's buffer where the blob's stream allows it.
+        self._raw_readinto = getattr(raw, "readinto", None) if framing is None else None
 
     def read(self, n: int = -1) -> bytes:
         data = self.raw.read(n)
@@ -124,9 +162,15 @@ class _HashingReader:
         return data
 
     def readinto(self, buf: memoryview | bytearray) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
+        if self._raw_readinto is None:
+            data = self.read(len(buf))
+            buf[: len(data)] = data
+            return len(data)
+        n: int = self._raw_readinto(buf) or 0
+        with memoryview(buf) as view, view[:n] as got:
+            self.sha.update(got)
+        self.count += n
+        return n
 
     def readable(self) -> bool:
         return True
@@ -136,7 +180,13 @@ class LayerStream:
     """A file-like view of a layer's uncompressed tar bytes."""
 
     def __init__(
-        self, raw: IO[bytes], compression: str, digest: str, *, size: int | None = None
+        self,
+        raw: IO[bytes],
+        compression: str,
+        digest: str,
+        *,
+        size: int | None = None,
+        buffers: BufferPool | None = None,
     ) -> None:
         if compression not in ("gzip", "zstd", "none"):
             raise UnsupportedError(
@@ -147,11 +197,12 @@ class LayerStream:
         self._expected_size = size
         self._framing = _ZstdFraming() if compression == "zstd" else None
         self._hashing = _HashingReader(raw, self._framing)
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(_QUEUE_BLOCKS)
+        self._queue: queue.Queue[memoryview | BaseException | None] = queue.Queue(_QUEUE_BLOCKS)
         self._stop = threading.Event()
         self._buffer = memoryview(b"")
         self._eof = False
         self.uncompressed_bytes = 0
+        self._buffers = buffers if buffers is not None else BufferPool()
         self._thread = threading.Thread(
             target=self._run, name=f"decompress-{digest[7:19]}", daemon=True
         )
@@ -173,7 +224,7 @@ class LayerStream:
             )
         return source
 
-    def _put(self, item: bytes | BaseException | None) -> bool:
+    def _put(self, item: memoryview | BaseException | None) -> bool:
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)
@@ -184,13 +235,16 @@ class LayerStream:
 
     def _run(self) -> None:
         try:
-            reader = self._decompressor()
+            reader = cast(_ReadInto, self._decompressor())
             while True:
-                block = reader.read(BLOCK)
-                if not block:
-                    break
-                if not self._put(block):
-                    return
+                with memoryview(self._buffers.take()) as view:
+                    filled, size = 0, len(view)
+                    while filled < size and (n := reader.readinto(view[filled:])):
+                        filled += n
+                    if not filled:
+                        break
+                    if not self._put(view[:filled]):
+                        return
             # Whatever follows the compressed stream still counts toward the digest.
             self._drain()
             self._verify()
