@@ -9,7 +9,7 @@ from typing import Any
 
 from ketch.builder.image_builder import BuildOptions, BuildSummary, ImageBuilder
 from ketch.cli.image_commands import open_image
-from ketch.cli.progress import RichProgress
+from ketch.cli.progress import progress as make_progress
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size
 from ketch.errors import UsageError
@@ -72,7 +72,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.dest, store_options(args, args.config_values, "dest"), create=True
     )
     options = _build_options(args)
-    with RichProgress(enabled=None if not args.json else False) as progress:
+    with make_progress(enabled=None if not args.json else False) as progress:
         builder = ImageBuilder(dest, options, progress)
         _, source_digest, config = builder.convert(source, source_tag)
         summary = builder.finish(dest_tag, config=config, source_manifest=source_digest)
@@ -92,7 +92,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         config["config"]["Env"] = args.env
     if args.workdir:
         config["config"]["WorkingDir"] = args.workdir
-    with RichProgress(enabled=None if not args.json else False) as progress:
+    with make_progress(enabled=None if not args.json else False) as progress:
         builder = ImageBuilder(dest, options, progress)
         builder.add_directory(Path(args.rootfs))
         summary = builder.finish(dest_tag, config=config)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ketch.cli.progress import RichProgress
+from ketch.cli.progress import progress as make_progress
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size
 from ketch.fs.check import check_image
@@ -33,7 +33,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     )
     fs = ImageFS(image.bootstrap, reader)
     total = image_summary(image)["bytes"]
-    with RichProgress(enabled=None if not args.json else False) as progress:
+    with make_progress(enabled=None if not args.json else False) as progress:
         task = progress.bytes_task("unpack", total)
         files = unpack(fs, Path(args.dest), lambda n: progress.advance_task(task, n))
     result = {
@@ -101,7 +101,7 @@ def _print_entry(entry: dict[str, Any]) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     image = open_image(args.image, store_options(args, args.config_values))
-    with RichProgress(enabled=None if not args.json else False) as progress:
+    with make_progress(enabled=None if not args.json else False) as progress:
         task = progress.bytes_task("check", image_summary(image)["unique_bytes"])
         report = check_image(image, lambda n: progress.advance_task(task, n))
     if args.json:

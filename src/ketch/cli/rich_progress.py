@@ -1,8 +1,7 @@
-"""Progress bars for long work, drawn on stderr with rich when it is a terminal."""
+"""Progress bars drawn on stderr with rich (loaded only when stderr is a terminal)."""
 
 from __future__ import annotations
 
-import sys
 from types import TracebackType
 
 from rich.console import Console
@@ -16,10 +15,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ketch.builder.image_builder import Progress as BuildProgress
+from ketch.cli.progress import CliProgress
 
 
-class RichProgress(BuildProgress):
+class RichProgress(CliProgress):
     """One bar per layer (bytes of file data read); silent when not on a terminal."""
 
     def __init__(self, enabled: bool | None = None) -> None:
@@ -64,12 +63,8 @@ class RichProgress(BuildProgress):
             self._progress.update(self._task, total=task.completed)
         self._task = None
 
-    def bytes_task(self, label: str, total: int) -> TaskID:
+    def bytes_task(self, label: str, total: int) -> int:
         return self._progress.add_task(label, total=total)
 
-    def advance_task(self, task: TaskID, nbytes: int) -> None:
-        self._progress.advance(task, nbytes)
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
+    def advance_task(self, task: int, nbytes: int) -> None:
+        self._progress.advance(TaskID(task), nbytes)
