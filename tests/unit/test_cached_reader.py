@@ -377,6 +377,17 @@ def test_a_miss_reads_ahead_the_chunks_that_follow_in_the_blob(
     # The next chunks came with the first read: no more range reads for them.
     assert fs.read(four, CHUNK, 3 * CHUNK) == FOUR[CHUNK:]
     assert len(store.ranges) == 1
+    # A planned read (readahead=False) fetches exactly its chunks and nothing after them.
+    fresh = CachedChunkReader(
+        ChunkReader(store, algo),
+        ChunkCache(tmp_path / "c2", 0, algo),
+        readahead=3 * CHUNK,
+        blob_chunks=blob_chunks,
+    )
+    first = bootstrap.chunks_for_range(four - 1, 0, CHUNK)[0][1]
+    store.ranges.clear()
+    assert fresh.read(digests[first.blob], [first], readahead=False)[0] == FOUR[:CHUNK]
+    assert [length for _, _, length in store.ranges] == [first.compressed_size]
 
 
 # -- prefetch ---------------------------------------------------------------------------

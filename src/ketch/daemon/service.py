@@ -174,7 +174,7 @@ class _Daemon:
 
     def _prefetch_read(self, read: RangeRead) -> None:
         try:
-            self.reader.read(read.blob, read.chunks)
+            self.reader.read(read.blob, read.chunks, readahead=False)  # planned exactly
         except KetchError as exc:  # the reader that needs these chunks will say it
             log.warning("prefetch read failed error=%r", exc.message)
 

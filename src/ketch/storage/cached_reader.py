@@ -351,8 +351,11 @@ class CachedChunkReader:
 
     # -- the read path --------------------------------------------------------------------
 
-    def read(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes]:
-        """The verified bytes of ``chunks`` (all in ``blob``), in the order given."""
+    def read(
+        self, blob: str, chunks: Sequence[ChunkRecord], *, readahead: bool = True
+    ) -> list[bytes]:
+        """The verified bytes of ``chunks`` (all in ``blob``), in the order given.
+        ``readahead=False``: fetch exactly these (a planned prefetch read)."""
         found: dict[bytes, bytes] = {}
         wanted: dict[bytes, ChunkRecord] = {}
         for chunk in chunks:
@@ -379,7 +382,7 @@ class CachedChunkReader:
                     joined[digest] = flight
             self._joined += len(joined)
         try:
-            self._lead(blob, [wanted[digest] for digest in led], led)
+            self._lead(blob, [wanted[digest] for digest in led], led, readahead=readahead)
         finally:
             self._land(led)
         for digest, flight in led.items():
@@ -391,7 +394,14 @@ class CachedChunkReader:
             self._recent.put(digest, found[digest])
         return [found[chunk.digest] for chunk in chunks]
 
-    def _lead(self, blob: str, chunks: list[ChunkRecord], flights: dict[bytes, _Flight]) -> None:
+    def _lead(
+        self,
+        blob: str,
+        chunks: list[ChunkRecord],
+        flights: dict[bytes, _Flight],
+        *,
+        readahead: bool = True,
+    ) -> None:
         """Resolve or fail every flight in ``flights``; raises nothing of its own except
         through the flights (their errors are re-raised by ``read``)."""
         missing: list[ChunkRecord] = []
@@ -409,7 +419,7 @@ class CachedChunkReader:
                 self._cache_misses += len(missing)
             # Blob order, so chunks adjacent in the blob merge whatever the file order.
             missing.sort(key=lambda chunk: chunk.compressed_offset)
-            if missing and self._readahead:
+            if missing and self._readahead and readahead:
                 missing = self._with_readahead(blob, missing)
             for group in merge_ranges(missing, self.reader.max_merge):
                 if self._fetch(blob, group, flights):
