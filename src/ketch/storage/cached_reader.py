@@ -264,9 +264,11 @@ class CachedChunkReader:
             # parallel); the others are fetched in small merged range reads.
             cached = self.cache.probably_has if self.cache is not None else None
             missing: list[ChunkRecord] = []
+            local: list[bytes] = []
             for chunk in order:
                 if cached is not None and cached(chunk.digest):
                     self._prefetches.put(_Prefetch(blob, [chunk], claimed))
+                    local.append(chunk.digest)
                 else:
                     missing.append(chunk)
             missing.sort(key=lambda chunk: chunk.compressed_offset)
@@ -277,6 +279,8 @@ class CachedChunkReader:
             while self._workers < self._prefetch_threads:
                 self._workers += 1
                 threading.Thread(target=self._prefetch_worker, name="prefetch", daemon=True).start()
+        if local and self.cache is not None:
+            self.cache.advise(local)  # the disk reads them all at once, ahead of the workers
 
     def read_from_memory(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes] | None:
         """The bytes of ``chunks`` if every one is in the memory tier (verified when it
