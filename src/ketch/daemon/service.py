@@ -79,7 +79,9 @@ class _Daemon:
         self.metrics = Metrics()
         self.trace = AccessTrace()
         algo = image.bootstrap.digest_algorithm
-        self.cache = ChunkCache(config.cache_dir / "chunks", config.cache_size, algo)
+        self.cache = ChunkCache(
+            config.cache_dir / "chunks", config.cache_size, algo, scan_in_background=True
+        )
         self._chunks_by_blob: dict[str, list[ChunkRecord]] | None = None
         self._chunks_lock = threading.Lock()
         self.reader = CachedChunkReader(

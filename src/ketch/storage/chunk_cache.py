@@ -101,7 +101,11 @@ class ChunkCache:
         touch_interval: float = 60.0,
         rescan_interval: float | None = 60.0,
         stale_temp_age: float = 60.0,
+        scan_in_background: bool = False,
     ) -> None:
+        """``scan_in_background``: learn the entries already on disk in a thread of its
+        own instead of before returning (a mount does not wait for a scan that grows with
+        the cache; until it ends, eviction counts only this process's own entries)."""
         if capacity < 0:
             raise ValueError(f"cache capacity: expected >= 0 bytes, found {capacity}")
         self.root = root
@@ -123,11 +127,12 @@ class ChunkCache:
         self._store_errors = 0
         self._rescanning = False
         self._last_scan = 0
+        # Buckets are made by the first put into each (``_write_entry``).
         self.directory.mkdir(parents=True, exist_ok=True)
-        # The 256 buckets up front: a put then never pays for a mkdir on the read path.
-        for bucket in range(256):
-            (self.directory / f"{bucket:02x}").mkdir(exist_ok=True)
-        self.refresh()
+        if scan_in_background:
+            threading.Thread(target=self.refresh, name="cache-scan", daemon=True).start()
+        else:
+            self.refresh()
 
     def probably_has(self, digest: bytes) -> bool:
         """From this process's index, without touching the disk: for decisions such as
