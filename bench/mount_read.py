@@ -20,7 +20,9 @@ For diagnosis, Ketch's own read path is also timed in this process without FUSE
 reads and in 128 KiB reads (the kernel's FUSE request size at its default readahead).
 The daemon's counters (FUSE reads, their mean size and summed latency, chunk hits and
 misses, backend bytes) are kept with each result. Median of 5 runs each (2 with
-``--quick``).
+``--quick``). The baselines' cold reads vary from run to run on this VM's disk (up to
+2x), so the verdict compares Ketch's median with both the baseline's median and its
+fastest run, and takes the stricter.
 """
 
 from __future__ import annotations
@@ -86,6 +88,17 @@ def _hash_file(path: Path) -> bytes:
     return hasher.digest()
 
 
+def _strict(result: dict[str, Any]) -> str:
+    """The verdict against the baseline's median and its fastest run, the stricter of the
+    two: the baseline's cold reads on this VM's disk vary from run to run (up to 2x)."""
+    strict = result.get("strict_ratio", result["ratio"])
+    worst = min(result["ratio"], strict)
+    return (
+        f"{_verdict(worst)} ({ratio(result['ratio'])} against the baseline's median, "
+        f"{ratio(strict)} against its fastest run)"
+    )
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -141,7 +154,8 @@ def _in_process(setup: _Setup, cache_dir: Path, block: int, *, empty: bool) -> l
         if empty:
             setup.ctx.fresh_dir(cache_dir.name)
         cache = ChunkCache(cache_dir / "chunks", 0, algo)
-        fs = ImageFS(image.bootstrap, CachedChunkReader(ChunkReader(store, algo), cache))
+        reader = CachedChunkReader(ChunkReader(store, algo), cache)
+        fs = ImageFS(image.bootstrap, reader)
         ino = fs.resolve(FILE)
         setup.caches.cold([setup.layout, cache_dir])
         started = time.perf_counter()
@@ -149,6 +163,7 @@ def _in_process(setup: _Setup, cache_dir: Path, block: int, *, empty: bool) -> l
         while data := fs.read(ino, offset, block):
             offset += len(data)
         times.append(time.perf_counter() - started)
+        reader.flush()  # its read-ahead done, before the next run empties the cache
         _check_read(offset, f"ImageFS.read of {FILE}")
     image.bootstrap.close()
     return times
@@ -193,6 +208,7 @@ def _warm(setup: _Setup) -> dict[str, Any]:
         "median_ketch_seconds": round(ketch_s, 4),
         "median_native_seconds": round(native_s, 4),
         "ratio": round(native_s / ketch_s, 3),
+        "strict_ratio": round(min(native) / ketch_s, 3),
         "fuse_resident_after_drop": resident,
         "daemon": counters[len(counters) // 2],
         "in_process_1m_seconds": round(_median(in_1m), 4),
@@ -241,6 +257,7 @@ def _cold(setup: _Setup) -> dict[str, Any]:
         "median_ketch_seconds": round(ketch_s, 4),
         "median_zstd_seconds": round(zstd_s, 4),
         "ratio": round(zstd_s / ketch_s, 3),
+        "strict_ratio": round(min(zstd) / ketch_s, 3),
         "daemon": counters,
         "in_process_1m_seconds": round(_median(in_1m), 4),
         "in_process_128k_seconds": round(_median(in_128k), 4),
@@ -377,7 +394,7 @@ cache's files included, so both sides read from the same disk. Runs: Ketch
 
 {table(headers, warm_rows)}
 
-Target: at least {TARGET}x native: {_verdict(warm["ratio"])} ({ratio(warm["ratio"])}). A
+Target: at least {TARGET}x native: {_strict(warm)}. A
 run's daemon counters: {w_fuse["fuse_reads"]:,.0f} FUSE reads of
 {w_fuse["mean_fuse_read_kib"]:.0f} KiB on average ({w_fuse["fuse_read_seconds"]:.2f} s inside
 them, summed over concurrent requests), {w_fuse["cache_hits"]:,.0f} chunk hits (disk or
@@ -389,7 +406,7 @@ from a cold page cache. Runs: Ketch {cold["ketch_seconds"]}, `zstd -d` {cold["zs
 
 {table(headers, cold_rows)}
 
-Target: at least {TARGET}x `zstd -d`: {_verdict(cold["ratio"])} ({ratio(cold["ratio"])}). A
+Target: at least {TARGET}x `zstd -d`: {_strict(cold)}. A
 run's daemon counters: {c_fuse["fuse_reads"]:,.0f} FUSE reads of
 {c_fuse["mean_fuse_read_kib"]:.0f} KiB ({c_fuse["fuse_read_seconds"]:.2f} s inside them),
 {c_fuse["cache_misses"]:,.0f} chunk misses, {mib(c_fuse["backend_bytes"])} read from the
