@@ -564,6 +564,12 @@ def merge_whatif(exchanges: Sequence[Exchange]) -> list[dict[str, int]]:
     return out
 
 
+def _ketch_run_command(image: str, cache: Path, name: str, *, rm_mount: bool) -> list[str]:
+    """``ketch run IMAGE`` with an empty or kept chunk cache, as every Ketch run here."""
+    command = [*ketch_command(), "run", image, "--cache-dir", str(cache), "--name", name]
+    return [*command, "--rm-mount"] if rm_mount else command
+
+
 def _ketch_run(node: Node, tag: str, expected: str, index: int) -> dict[str, float]:
     """``ketch run`` of ``ketch:TAG`` on a cold node whose node service is up."""
     ctx, link = node.ctx, node.link
@@ -573,19 +579,9 @@ def _ketch_run(node: Node, tag: str, expected: str, index: int) -> dict[str, flo
         node.cold(f"ketch:{tag}")
         before = link.counters()
         t0 = time.monotonic()
-        output = _run(
-            [
-                *ketch_command(),
-                "run",
-                f"docker://{link.host}/ketch:{tag}",
-                "--cache-dir",
-                str(cache),
-                "--rm-mount",
-                "--name",
-                f"{_CONTAINER_PREFIX}-{index}",
-            ],
-            _ketch_env(state),
-        )
+        image = f"docker://{link.host}/ketch:{tag}"
+        name = f"{_CONTAINER_PREFIX}-{index}"
+        output = _run(_ketch_run_command(image, cache, name, rm_mount=True), _ketch_env(state))
         t1 = time.monotonic()
     moved = link.counters() - before
     _check_output(f"ketch run {tag}", output, expected)
@@ -633,18 +629,8 @@ def _split_run(node: Node, tag: str, expected: str, index: int) -> dict[str, Any
         c1 = link.counters()
         try:
             t_run = time.monotonic()
-            output = _run(
-                [
-                    *ketch_command(),
-                    "run",
-                    image,
-                    "--cache-dir",
-                    str(cache),
-                    "--name",
-                    f"{_CONTAINER_PREFIX}-split-{index}",
-                ],
-                _ketch_env(state),
-            )
+            name = f"{_CONTAINER_PREFIX}-split-{index}"
+            output = _run(_ketch_run_command(image, cache, name, rm_mount=False), _ketch_env(state))
             t2 = time.monotonic()
             c2 = link.counters()
             _check_output(f"ketch run {tag} (on a live mount)", output, expected)
@@ -665,18 +651,9 @@ def _split_run(node: Node, tag: str, expected: str, index: int) -> dict[str, Any
         node.cold(f"ketch:{tag}")
         before = link.counters()
         t5 = time.monotonic()
+        name = f"{_CONTAINER_PREFIX}-warm-{index}"
         warm_output = _run(
-            [
-                *ketch_command(),
-                "run",
-                image,
-                "--cache-dir",
-                str(cache),
-                "--rm-mount",
-                "--name",
-                f"{_CONTAINER_PREFIX}-warm-{index}",
-            ],
-            _ketch_env(warm_state),
+            _ketch_run_command(image, cache, name, rm_mount=True), _ketch_env(warm_state)
         )
         t6 = time.monotonic()
     warm_moved = link.counters() - before

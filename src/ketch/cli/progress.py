@@ -16,6 +16,7 @@ class CliProgress(BuildProgress):
     """A build's layers, plus byte-counted tasks (unpack, check); draws nothing."""
 
     def __enter__(self) -> CliProgress:
+        self.start()
         return self
 
     def __exit__(
@@ -24,7 +25,13 @@ class CliProgress(BuildProgress):
         value: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        return None
+        self.stop()
+
+    def start(self) -> None:
+        """Begin drawing (a subclass draws)."""
+
+    def stop(self) -> None:
+        """Stop drawing, leaving the last state on screen."""
 
     def bytes_task(self, label: str, total: int) -> int:
         del label, total

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -36,16 +34,10 @@ class RichProgress(CliProgress):
         )
         self._task: TaskID | None = None
 
-    def __enter__(self) -> RichProgress:
+    def start(self) -> None:
         self._progress.start()
-        return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def stop(self) -> None:
         self._progress.stop()
 
     def layer_started(self, name: str, total: int | None) -> None:
