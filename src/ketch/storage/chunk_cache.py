@@ -112,6 +112,7 @@ class ChunkCache:
         self.capacity = capacity
         self.algo = algo
         self.directory = root / algo.label
+        self._directory = str(self.directory)
         self._touch_interval_ns = int(touch_interval * _NS)
         self._rescan_interval_ns = None if rescan_interval is None else int(rescan_interval * _NS)
         self._stale_temp_age_ns = int(stale_temp_age * _NS)
@@ -147,7 +148,7 @@ class ChunkCache:
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         for digest in digests:
             try:
-                fd = os.open(self.path(digest), flags)
+                fd = os.open(self._entry_path(digest), flags)
             except OSError:
                 continue
             try:
@@ -196,16 +197,21 @@ class ChunkCache:
 
     def path(self, digest: bytes) -> Path:
         """Where the entry for ``digest`` lives (whether or not it exists)."""
+        return Path(self._entry_path(digest))
+
+    def _entry_path(self, digest: bytes) -> str:
+        # A string, not a Path: the read path builds one per chunk read, where pathlib's
+        # parsing shows in profiles.
         if len(digest) != DIGEST_SIZE:
             raise ValueError(f"chunk digest: expected {DIGEST_SIZE} bytes, found {len(digest)}")
         name = digest.hex()
-        return self.directory / name[:2] / name
+        return f"{self._directory}/{name[:2]}/{name}"
 
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, digest: bytes) -> bytes | None:
         """The chunk's bytes, verified against ``digest``; None if absent or damaged."""
-        path = self.path(digest)
+        path = self._entry_path(digest)
         data, identity = self._read_entry(path)
         if data is not None and self.algo.digest(data) == digest:
             self._hit(digest, path, len(data))
@@ -217,7 +223,7 @@ class ChunkCache:
             with contextlib.suppress(OSError):
                 now = os.lstat(path)
                 if (now.st_dev, now.st_ino) == identity:
-                    path.unlink()
+                    os.unlink(path)
         with self._lock:
             self._misses += 1
             if identity is not None:
@@ -227,7 +233,7 @@ class ChunkCache:
                 self._bytes -= entry.size
         return None
 
-    def _read_entry(self, path: Path) -> tuple[bytes | None, tuple[int, int] | None]:
+    def _read_entry(self, path: str) -> tuple[bytes | None, tuple[int, int] | None]:
         """The entry's bytes (None if unusable) and the file's (dev, ino) if it exists.
 
         O_NOFOLLOW: a symlink planted at an entry path is not followed; O_NONBLOCK: a
@@ -254,7 +260,7 @@ class ChunkCache:
         finally:
             os.close(fd)
 
-    def _hit(self, digest: bytes, path: Path, size: int) -> None:
+    def _hit(self, digest: bytes, path: str, size: int) -> None:
         now = time.time_ns()
         touch = False
         with self._lock:
