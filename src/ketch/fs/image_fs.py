@@ -57,8 +57,8 @@ class ImageFS:
         self.reader = reader
         self._prefetcher = reader if isinstance(reader, PrefetchingSource) else None
         self._read_ahead = read_ahead if self._prefetcher is not None else 0
-        # inode -> (end of the furthest read, bytes read in order so far, prefetch asked up to)
-        self._streams: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
+        # inode -> (end of the furthest read, bytes read in order so far)
+        self._streams: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self._streams_lock = threading.Lock()
 
     def _index(self, ino: int) -> int:
@@ -144,7 +144,7 @@ class ImageFS:
         # After the fetch: a miss has read ahead in the blob already, and the prefetch
         # then skips what that brought.
         if self._read_ahead and end < record.size:
-            self._prefetch_after(ino, index, offset, end, record.size, missed=not memory_only)
+            self._prefetch_after(ino, index, offset, end, record.size)
         parts: list[bytes | memoryview] = []
         for file_offset, data in fetched:
             lo = max(offset - file_offset, 0)
@@ -154,19 +154,11 @@ class ImageFS:
             return parts[0]  # a whole chunk: no copy
         return b"".join(parts)  # one copy, of views
 
-    def _prefetch_after(
-        self, ino: int, index: int, offset: int, end: int, size: int, *, missed: bool
-    ) -> None:
-        """If ``[offset, end)`` continues a sequential read, prefetch what follows it.
-
-        Only what was not asked for already: a stream remembers how far its prefetch
-        reaches, so a read usually adds a chunk or two, not the whole window again (this
-        runs on the event loop for reads served from memory). A read that had to fetch
-        (``missed``) asks for the whole window again: prefetch may have dropped some of
-        it (its memory budget was full)."""
+    def _prefetch_after(self, ino: int, index: int, offset: int, end: int, size: int) -> None:
+        """If ``[offset, end)`` continues a sequential read, prefetch what follows it."""
         with self._streams_lock:
             stream = self._streams.pop(ino, None)
-            furthest, streak, asked = stream if stream is not None else (0, 0, 0)
+            furthest, streak = stream if stream is not None else (0, 0)
             # In order: from the start, or near the furthest read of the file (the
             # kernel's readahead sends several requests at once, which may arrive out of
             # order).
@@ -175,16 +167,14 @@ class ImageFS:
             else:
                 streak = 0  # a seek: no read ahead until it reads on in order
             furthest = max(furthest, end) if streak else end
-            ahead = min(self._read_ahead, 2 * streak, size - end)
-            start = end if missed or not streak else max(end, asked)
-            stop = end + ahead
-            self._streams[ino] = (furthest, streak, max(asked, stop) if streak else 0)
+            self._streams[ino] = (furthest, streak)
             if len(self._streams) > _STREAMS:
                 self._streams.popitem(last=False)
-        if stop <= start or self._prefetcher is None:
+        ahead = min(self._read_ahead, 2 * streak, size - end)
+        if ahead <= 0 or self._prefetcher is None:
             return
         try:
-            pieces = self.bootstrap.chunks_for_range(index, start, stop - start)
+            pieces = self.bootstrap.chunks_for_range(index, end, ahead)
             for blob_index, group in itertools.groupby(pieces, key=lambda piece: piece[1].blob):
                 blob = self.bootstrap.blob(blob_index).oci_digest
                 self._prefetcher.prefetch(blob, [chunk for _, chunk in group])
