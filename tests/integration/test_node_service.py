@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,3 +149,31 @@ def test_runs_started_together_make_one_mount(
         if line.split(" ")[4] == mountpoint
     ]
     assert len(mounts) == 1
+
+
+def test_a_killed_service_leaves_mounts_working_and_can_start_again(
+    state: Path, base_layout: Path, tmp_path: Path
+) -> None:
+    pid = json.loads(ketch("service", "start", "--json").stdout)["pid"]
+    os.kill(pid, signal.SIGKILL)  # no cleanup: its socket and pid file stay behind
+    while Path(f"/proc/{pid}").exists() and _state_of(pid) != "Z":
+        time.sleep(0.01)
+    assert (state / "service.sock").exists()
+    assert ketch("service", "status", check=False).returncode == 3
+    # ketch mount finds nobody listening and forks its own daemon.
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    ketch("mount", f"oci:{base_layout}:base", str(mountpoint), "--cache-dir", str(tmp_path / "c"))
+    record = read_record(mountpoint)
+    assert record is not None and (mountpoint / "etc" / "debian_version").is_file()
+    # A new service replaces the stale socket.
+    again = json.loads(ketch("service", "start", "--json").stdout)["pid"]
+    assert again != pid
+    assert json.loads(ketch("service", "status", "--json").stdout)["pid"] == again
+
+
+def _state_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
