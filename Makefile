@@ -33,7 +33,11 @@ export KETCH_SHARED := $(abspath $(SHARED))
 
 .PHONY: install system-deps lint test demo corpus test-images bench clean distclean
 
+# Bytecode for our own sources, refreshed on every install: the editable install compiles
+# nothing, and with PYTHONDONTWRITEBYTECODE set (as on these machines) every `ketch` would
+# compile its modules from source at start-up. compileall skips what is up to date.
 install: $(STAMP)
+	@$(VENV)/bin/python -m compileall -q src/ketch
 
 system-deps:
 	@scripts/install-system-deps.sh

@@ -107,6 +107,11 @@ def test_tools_behave_on_the_mount(mount: MountFactory) -> None:
     assert stat.f_bsize == 4096 and stat.f_files > 1000
     first = os.listdir(mounted.path / "usr" / "lib")
     assert first == os.listdir(mounted.path / "usr" / "lib")  # stable listing
+    for _ in range(2):  # a missing name is a (cached) negative entry: ENOENT both times
+        with pytest.raises(FileNotFoundError):
+            os.stat(mounted.path / "etc" / "no-such-file")
+        with pytest.raises(FileNotFoundError):
+            os.stat(mounted.path / "no-such-dir" / "x")
     assert {".", ".."} <= set(
         subprocess.run(
             ["ls", "-a", str(mounted.path)], capture_output=True, text=True, check=True

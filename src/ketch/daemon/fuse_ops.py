@@ -95,7 +95,13 @@ class KetchOperations(pyfuse3.Operations):
             log.error("lookup failed inode=%d error=%r", parent_inode, exc.message)
             raise pyfuse3.FUSEError(errno.EIO) from None
         if inode is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            # A negative entry (inode 0) that the kernel keeps as long as a positive one:
+            # the image never changes, and programs probe many paths that do not exist
+            # (the dynamic loader's search path, Python's imports), each a round trip.
+            missing = pyfuse3.EntryAttributes()
+            missing.st_ino = pyfuse3.InodeT(0)
+            missing.entry_timeout = CACHE_TIMEOUT
+            return missing
         return self._entry(self._attr(inode))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
