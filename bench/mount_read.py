@@ -22,7 +22,7 @@ The daemon's counters (FUSE reads, their mean size and summed latency, chunk hit
 misses, backend bytes) are kept with each result. Median of 5 runs each (2 with
 ``--quick``). The baselines' cold reads vary from run to run on this VM's disk (up to
 2x), so the verdict compares Ketch's median with both the baseline's median and its
-fastest run, and takes the stricter.
+fastest run (over twice as many baseline samples), and takes the stricter.
 """
 
 from __future__ import annotations
@@ -201,6 +201,11 @@ def _warm(setup: _Setup) -> dict[str, Any]:
     in_1m = _in_process(setup, cache, 1 << 20, empty=False)
     in_128k = _in_process(setup, cache, FUSE_BLOCK, empty=False)
     remove(cache)
+    # Extra baseline samples, for its fastest run only: its cold reads vary run to run.
+    extra: list[float] = []
+    for _ in range(setup.runs):
+        setup.caches.cold([setup.source])
+        extra.append(read_file(setup.source)[1])
     ketch_s, native_s = _median(ketch), _median(native)
     return {
         "ketch_seconds": _seconds(ketch),
@@ -208,7 +213,7 @@ def _warm(setup: _Setup) -> dict[str, Any]:
         "median_ketch_seconds": round(ketch_s, 4),
         "median_native_seconds": round(native_s, 4),
         "ratio": round(native_s / ketch_s, 3),
-        "strict_ratio": round(min(native) / ketch_s, 3),
+        "strict_ratio": round(min(native + extra) / ketch_s, 3),
         "fuse_resident_after_drop": resident,
         "daemon": counters[len(counters) // 2],
         "in_process_1m_seconds": round(_median(in_1m), 4),
@@ -250,6 +255,7 @@ def _cold(setup: _Setup) -> dict[str, Any]:
     in_1m = _in_process(setup, cache, 1 << 20, empty=True)
     in_128k = _in_process(setup, cache, FUSE_BLOCK, empty=True)
     remove(cache)
+    extra = [_zstd_seconds(setup) for _ in range(setup.runs)]  # for its fastest run only
     ketch_s, zstd_s = _median(ketch), _median(zstd)
     return {
         "ketch_seconds": _seconds(ketch),
@@ -257,7 +263,7 @@ def _cold(setup: _Setup) -> dict[str, Any]:
         "median_ketch_seconds": round(ketch_s, 4),
         "median_zstd_seconds": round(zstd_s, 4),
         "ratio": round(zstd_s / ketch_s, 3),
-        "strict_ratio": round(min(zstd) / ketch_s, 3),
+        "strict_ratio": round(min(zstd + extra) / ketch_s, 3),
         "daemon": counters,
         "in_process_1m_seconds": round(_median(in_1m), 4),
         "in_process_128k_seconds": round(_median(in_128k), 4),
