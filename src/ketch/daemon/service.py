@@ -54,7 +54,10 @@ log = logging.getLogger("ketch.daemon")
 _PREFETCH_THREADS = 4  # range reads in flight at once
 READAHEAD_KB = 1024
 # Bytes of the blob after a missed chunk fetched in the same range read.
-DEFAULT_READAHEAD = 512 << 10
+# 192 KiB measured best for py2's cold start at 200 Mbit/s (2.4 s against 2.8 s with
+# 512 KiB, 3.0 s with none), and as good as any at 1 Gbit/s: more bytes per miss cost
+# link time, fewer cost round trips.
+DEFAULT_READAHEAD = 192 << 10
 
 
 @dataclass(slots=True)
