@@ -26,9 +26,10 @@ import signal
 import socket
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ketch.daemon.launcher import service_socket, signal_ready, wait_for_exit
 from ketch.daemon.state import (
@@ -39,6 +40,9 @@ from ketch.daemon.state import (
 )
 from ketch.errors import KetchError, NotFoundError, UsageError
 from ketch.storage.open import StoreOptions
+
+if TYPE_CHECKING:
+    from ketch.daemon.service import DaemonConfig
 
 log = logging.getLogger("ketch.service")
 
@@ -102,8 +106,39 @@ def _optional_path(data: dict[str, Any], key: str) -> Path | None:
     return Path(value)
 
 
-def _parse_request(raw: bytes) -> tuple[dict[str, Any], dict[str, str], str]:
-    """The daemon fields, environment and working directory of a request."""
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A request, checked and decoded once, in the service, before anything forks."""
+
+    image: str
+    mountpoint: Path | None  # none: ketch run's, chosen by the image's digest
+    cache_dir: Path
+    cache_size: int
+    api_sock: Path | None
+    prefetch_file: Path | None
+    store_options: StoreOptions
+    env: dict[str, str]
+    cwd: str
+
+    def daemon_config(
+        self, mountpoint: Path, ready_fd: int, ready_info: dict[str, Any] | None = None
+    ) -> DaemonConfig:
+        from ketch.daemon.service import DaemonConfig  # noqa: PLC0415 - preloaded
+
+        return DaemonConfig(
+            image=self.image,
+            mountpoint=mountpoint,
+            cache_dir=self.cache_dir,
+            cache_size=self.cache_size,
+            api_sock=self.api_sock,
+            prefetch_file=self.prefetch_file,
+            ready_fd=ready_fd,
+            ready_info=ready_info,
+            store_options=self.store_options,
+        )
+
+
+def _parse_request(raw: bytes) -> _Request:
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -122,14 +157,20 @@ def _parse_request(raw: bytes) -> tuple[dict[str, Any], dict[str, str], str]:
     for key in ("image", "cache_dir"):
         if not isinstance(daemon[key], str) or not daemon[key]:
             raise UsageError(f"node service request {key!r}: expected a string")
-    _optional_path(daemon, "mountpoint")  # none: ketch run's, chosen by the image's digest
     size = daemon["cache_size"]
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise UsageError("node service request 'cache_size': expected a byte count")
-    for key in ("api_sock", "prefetch_file"):
-        _optional_path(daemon, key)
-    StoreOptions.from_json(daemon["store_options"])
-    return daemon, env, cwd
+    return _Request(
+        image=daemon["image"],
+        mountpoint=_optional_path(daemon, "mountpoint"),
+        cache_dir=Path(daemon["cache_dir"]),
+        cache_size=size,
+        api_sock=_optional_path(daemon, "api_sock"),
+        prefetch_file=_optional_path(daemon, "prefetch_file"),
+        store_options=StoreOptions.from_json(daemon["store_options"]),
+        env=env,
+        cwd=cwd,
+    )
 
 
 def _log_to(log_file: Path) -> None:
@@ -143,41 +184,28 @@ def _log_to(log_file: Path) -> None:
     os.close(fd)
 
 
-def _run_requested_daemon(daemon: dict[str, Any], ready_fd: int) -> int:
+def _run_requested_daemon(request: _Request, ready_fd: int) -> int:
     """In the forked daemon: mount and serve as ``ketch mount`` would, or, without a
     mountpoint, as ``ketch run`` needs (``_run_image_daemon``)."""
-    from ketch.daemon.service import DaemonConfig, run_daemon  # noqa: PLC0415 - preloaded
+    from ketch.daemon.service import run_daemon  # noqa: PLC0415 - preloaded
 
-    if daemon["mountpoint"] is None:
-        return _run_image_daemon(daemon, ready_fd)
-    config = DaemonConfig(
-        image=daemon["image"],
-        mountpoint=Path(daemon["mountpoint"]),
-        cache_dir=Path(daemon["cache_dir"]),
-        cache_size=daemon["cache_size"],
-        api_sock=_optional_path(daemon, "api_sock"),
-        prefetch_file=_optional_path(daemon, "prefetch_file"),
-        ready_fd=ready_fd,
-        store_options=StoreOptions.from_json(daemon["store_options"]),
-    )
-    return run_daemon(config)
+    if request.mountpoint is None:
+        return _run_image_daemon(request, ready_fd)
+    return run_daemon(request.daemon_config(request.mountpoint, ready_fd))
 
 
-def _run_image_daemon(daemon: dict[str, Any], ready_fd: int) -> int:
+def _run_image_daemon(request: _Request, ready_fd: int) -> int:
     """For ``ketch run``: resolve the image and read its config here, where the registry
     client is loaded already, so the client never loads it; answer with the mountpoint of
     a live mount of the same manifest, or mount the image at its own mountpoint and answer
     once ready. The answer carries the manifest digest and the image config."""
-    from ketch.daemon.service import DaemonConfig, run_daemon  # noqa: PLC0415 - preloaded
+    from ketch.daemon.service import run_daemon  # noqa: PLC0415 - preloaded
     from ketch.oci.manifest import load_json  # noqa: PLC0415
     from ketch.storage.ketch_image import open_ketch_image  # noqa: PLC0415
     from ketch.storage.open import open_store_with  # noqa: PLC0415
 
-    cache_dir = Path(daemon["cache_dir"])
     try:
-        store, tag = open_store_with(
-            daemon["image"], StoreOptions.from_json(daemon["store_options"])
-        )
+        store, tag = open_store_with(request.image, request.store_options)
         descriptor, manifest, _ = store.resolve(tag)
         image_config = load_json(
             store.read_blob(manifest.config.digest, max_size=4 << 20), "image config"
@@ -189,24 +217,14 @@ def _run_image_daemon(daemon: dict[str, Any], ready_fd: int) -> int:
             return 0
         _log_to(default_log_file(mountpoint))
         image = open_ketch_image(
-            store, tag, cache_dir=cache_dir / "bootstraps", resolved=(descriptor, manifest)
+            store, tag, cache_dir=request.cache_dir / "bootstraps", resolved=(descriptor, manifest)
         )
     except KetchError as exc:
-        log.error("mount failed image=%s error=%r", daemon["image"], exc.message)
+        log.error("mount failed image=%s error=%r", request.image, exc.message)
         signal_ready(ready_fd, exc)
         return exc.exit_code
-    config = DaemonConfig(
-        image=daemon["image"],
-        mountpoint=mountpoint,
-        cache_dir=cache_dir,
-        cache_size=daemon["cache_size"],
-        api_sock=_optional_path(daemon, "api_sock"),
-        prefetch_file=_optional_path(daemon, "prefetch_file"),
-        ready_fd=ready_fd,
-        ready_info={**info, "mountpoint": str(mountpoint), "started": True},
-        store_options=StoreOptions.from_json(daemon["store_options"]),
-    )
-    return run_daemon(config, image)
+    ready_info = {**info, "mountpoint": str(mountpoint), "started": True}
+    return run_daemon(request.daemon_config(mountpoint, ready_fd, ready_info), image)
 
 
 class _StopRequestedError(Exception):
@@ -245,8 +263,8 @@ def _answer_error(conn: socket.socket, error: KetchError) -> None:
 
 def _fork_daemon(listener: socket.socket, conn: socket.socket, request: bytes) -> None:
     """Fork the daemon for ``request``; it answers on ``conn``. Returns in the service."""
-    daemon, env, cwd = _parse_request(request)
-    mountpoint = _optional_path(daemon, "mountpoint")
+    parsed = _parse_request(request)
+    mountpoint = parsed.mountpoint
     log_file = requests_log_file() if mountpoint is None else default_log_file(mountpoint)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
@@ -263,17 +281,14 @@ def _fork_daemon(listener: socket.socket, conn: socket.socket, request: bytes) -
             os._exit(0)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
-        log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        _log_to(log_file)
         os.environ.clear()
-        os.environ.update(env)
-        os.chdir(cwd)
+        os.environ.update(parsed.env)
+        os.chdir(parsed.cwd)
         # The daemon says ready (or its error) on a copy: the connection itself stays
         # open here, to report a crash of the daemon before it got that far.
-        code = _run_requested_daemon(daemon, os.dup(conn.fileno()))
+        code = _run_requested_daemon(parsed, os.dup(conn.fileno()))
     except KetchError as exc:
         _answer_error(conn, exc)
         code = exc.exit_code
