@@ -6,6 +6,7 @@ wrong bytes never served, and the chunk reader verifying each chunk once."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import httpx
@@ -102,12 +103,11 @@ def test_command_line_beats_the_configuration() -> None:
     assert (options.proxy, options.health_check_interval) == ("http://p:8", 0.5)
 
 
-def test_daemon_command_line_carries_proxy_and_mirrors() -> None:
+def test_the_daemon_request_carries_proxy_and_mirrors() -> None:
     options = StoreOptions(
         proxy="http://p:8", mirrors=("http://m1:1", "https://m2"), health_check_interval=3.0
     )
-    args = build_parser().parse_args(["mount", "oci:x", "/mnt", *options.command_line()])
-    again = store_options(args, parse_config(CONFIG))
+    again = StoreOptions.from_json(json.loads(json.dumps(options.to_json())))
     assert (again.proxy, again.mirrors, again.health_check_interval) == (
         "http://p:8",
         ("http://m1:1", "https://m2"),

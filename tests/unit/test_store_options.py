@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ketch.cli.main import build_parser
@@ -43,7 +44,7 @@ def test_command_line_beats_configuration() -> None:
     assert (dest.creds, dest.tls_verify) == (None, True)
 
 
-def test_daemon_command_line_round_trips(tmp_path: Path) -> None:
+def test_the_daemon_request_round_trips(tmp_path: Path) -> None:
     options = StoreOptions(
         creds="u:p",
         tls_verify=False,
@@ -52,8 +53,7 @@ def test_daemon_command_line_round_trips(tmp_path: Path) -> None:
         read_timeout=7.0,
         endpoint_url="http://s3",
     )
-    args = build_parser().parse_args(["mount", "oci:x", "/mnt", *options.command_line()])
-    again = store_options(args, parse_config(""))
+    again = StoreOptions.from_json(json.loads(json.dumps(options.to_json())))
     assert (
         again.creds,
         again.tls_verify,

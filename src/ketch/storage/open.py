@@ -95,30 +95,6 @@ class StoreOptions:
             health_check_interval=number("health_check_interval"),
         )
 
-    def command_line(self) -> list[str]:
-        """The same options as `ketch` arguments, for a daemon started on our behalf."""
-        out = [
-            "--tls-verify",
-            "true" if self.tls_verify else "false",
-            "--retries",
-            str(self.retries),
-        ]
-        out += ["--timeout", str(self.read_timeout)]
-        if self.creds:
-            out += ["--creds", self.creds]
-        if self.ca_file:
-            out += ["--ca-file", str(self.ca_file)]
-        if self.docker_config:
-            out += ["--docker-config", str(self.docker_config)]
-        if self.endpoint_url:
-            out += ["--endpoint-url", self.endpoint_url]
-        if self.proxy:
-            out += ["--proxy", self.proxy]
-        for mirror in self.mirrors:
-            out += ["--mirror", mirror]
-        out += ["--health-check-interval", str(self.health_check_interval)]
-        return out
-
 
 def open_store_with(
     reference: ImageReference | str, options: StoreOptions, *, create: bool = False
