@@ -33,7 +33,7 @@ from ketch.format.digests import DigestAlgorithm, sha256_hex
 from ketch.format.records import FORMAT_VERSION
 from ketch.oci import mediatypes as mt
 from ketch.oci.layer_stream import BufferPool, LayerStream
-from ketch.oci.manifest import Descriptor, Manifest, Platform, canonical_json, load_json
+from ketch.oci.manifest import Descriptor, Manifest, Platform, canonical_json
 from ketch.oci.tar_layer import EntryKind, LayerEntry, LayerReader, clean_path
 from ketch.storage.ketch_image import KetchImage
 from ketch.storage.store import ImageStore
@@ -115,9 +115,7 @@ class ImageBuilder:
         """Add every layer of an OCI image; its manifest, digest and config."""
         descriptor, manifest, _ = source.resolve(tag, self.options.platform)
         self.source_descriptor = Descriptor(manifest.media_type, descriptor.digest, descriptor.size)
-        config = load_json(
-            source.read_blob(manifest.config.digest, max_size=4 << 20), "image config"
-        )
+        config = source.read_config(manifest)
         buffers = BufferPool()  # decompression buffers, shared by the layers in turn
         with self._executors() as (pool, writer):
             for number, layer in enumerate(manifest.layers):

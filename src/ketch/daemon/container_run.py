@@ -16,7 +16,6 @@ from typing import Any
 from ketch.daemon.launcher import unmount
 from ketch.daemon.state import claim_image_mount, state_dir
 from ketch.errors import IntegrityError
-from ketch.oci.manifest import load_json
 from ketch.runtime.container import run_image
 from ketch.runtime.runc import new_container_id
 from ketch.storage.open import StoreOptions, open_store_with
@@ -47,7 +46,7 @@ def _mount(request: RunRequest) -> tuple[Path, dict[str, Any], bool]:
         return Path(info["mountpoint"]), config, bool(info.get("started"))
     store, tag = open_store_with(request.image, request.store_options)
     descriptor, manifest, _ = store.resolve(tag)
-    config = load_json(store.read_blob(manifest.config.digest, max_size=4 << 20), "image config")
+    config = store.read_config(manifest)
     mountpoint, ours = claim_image_mount(descriptor.digest)
     if ours:
         request.start_mount(mountpoint)  # the daemon, a fork of this process, keeps the claim

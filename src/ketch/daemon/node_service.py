@@ -200,16 +200,13 @@ def _run_image_daemon(request: _Request, ready_fd: int) -> int:
     a live mount of the same manifest, or mount the image at its own mountpoint and answer
     once ready. The answer carries the manifest digest and the image config."""
     from ketch.daemon.service import run_daemon  # noqa: PLC0415 - preloaded
-    from ketch.oci.manifest import load_json  # noqa: PLC0415
     from ketch.storage.ketch_image import open_ketch_image  # noqa: PLC0415
     from ketch.storage.open import open_store_with  # noqa: PLC0415
 
     try:
         store, tag = open_store_with(request.image, request.store_options)
         descriptor, manifest, _ = store.resolve(tag)
-        image_config = load_json(
-            store.read_blob(manifest.config.digest, max_size=4 << 20), "image config"
-        )
+        image_config = store.read_config(manifest)
         info: dict[str, Any] = {"manifest_digest": descriptor.digest, "config": image_config}
         mountpoint, ours = claim_image_mount(descriptor.digest)
         if not ours:

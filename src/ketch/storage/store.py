@@ -12,9 +12,11 @@ import abc
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from ketch.oci.manifest import Descriptor, Manifest, Platform
+from ketch.oci.manifest import Descriptor, Manifest, Platform, load_json
+
+MAX_CONFIG_SIZE = 4 << 20
 
 
 class ImageStore(abc.ABC):
@@ -56,6 +58,12 @@ class ImageStore(abc.ABC):
     @abc.abstractmethod
     def read_blob(self, digest: str, max_size: int | None = None) -> bytes:
         """The whole blob, checked against its digest."""
+
+    def read_config(self, manifest: Manifest) -> dict[str, Any]:
+        """The image config ``manifest`` names, checked and parsed (at most 4 MiB)."""
+        return load_json(
+            self.read_blob(manifest.config.digest, max_size=MAX_CONFIG_SIZE), "image config"
+        )
 
     @abc.abstractmethod
     def has_blob(self, digest: str) -> bool: ...
