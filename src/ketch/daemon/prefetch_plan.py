@@ -50,6 +50,7 @@ def plan_prefetch(
     order), earliest needed first. ``blob_chunks(digest)`` is the image's chunks in that
     blob by offset (the gap fillers come from it)."""
     planned: set[tuple[int, int]] = set()
+    offsets: dict[str, list[int]] = {}  # per blob, for bisecting; built once
     reads: list[RangeRead] = []
     batch: dict[int, dict[int, ChunkRecord]] = {}
     batch_bytes = 0
@@ -63,10 +64,12 @@ def plan_prefetch(
             batch.setdefault(chunk.blob, {})[chunk.compressed_offset] = chunk
             batch_bytes += chunk.compressed_size
         if batch_bytes >= limit:
-            reads += _batch_reads(batch, blob_digests, blob_chunks, planned, max_request, gap)
+            reads += _batch_reads(
+                batch, blob_digests, blob_chunks, offsets, planned, max_request, gap
+            )
             batch, batch_bytes = {}, 0
             limit = min(limit * 2, max_batch)
-    reads += _batch_reads(batch, blob_digests, blob_chunks, planned, max_request, gap)
+    reads += _batch_reads(batch, blob_digests, blob_chunks, offsets, planned, max_request, gap)
     return reads
 
 
@@ -74,6 +77,7 @@ def _batch_reads(
     batch: dict[int, dict[int, ChunkRecord]],
     blob_digests: Sequence[str],
     blob_chunks: Callable[[str], list[ChunkRecord]],
+    offsets_by_blob: dict[str, list[int]],
     planned: set[tuple[int, int]],
     max_request: int,
     gap: int,
@@ -83,7 +87,9 @@ def _batch_reads(
         digest = blob_digests[blob_index]
         ordered = sorted(by_offset.values(), key=lambda chunk: chunk.compressed_offset)
         everything = blob_chunks(digest)
-        offsets = [chunk.compressed_offset for chunk in everything]
+        offsets = offsets_by_blob.get(digest)
+        if offsets is None:
+            offsets = offsets_by_blob[digest] = [c.compressed_offset for c in everything]
         current: list[ChunkRecord] = []
         for chunk in ordered:
             if current:
