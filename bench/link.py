@@ -31,7 +31,8 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
+
+from scripts.foreground import Started
 
 DEFAULT_BANDWIDTH = 200e6  # bit/s
 DEFAULT_RTT = 0.004  # seconds
@@ -158,7 +159,7 @@ class _RequestParser:
         return heads
 
 
-class Link:
+class Link(Started["Link"]):
     """The emulated link in front of ``upstream_host:upstream_port`` (see the module doc)."""
 
     def __init__(
@@ -245,17 +246,6 @@ class Link:
             loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         self._loop = self._thread = None
-
-    def __enter__(self) -> Link:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def configure(self, *, bandwidth: float, rtt: float) -> None:
         """New bandwidth and delay, for connections and pieces from now on (call it between

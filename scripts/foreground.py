@@ -1,6 +1,8 @@
-"""Keep a started test server in the foreground until SIGTERM/SIGINT, or until it dies.
+"""Keep a started test server in the foreground until SIGTERM/SIGINT, or until it dies;
+and the ``with`` protocol of a server that is started and stopped.
 
-Shared by the scripts that run servers for tests by hand (registry, HTTP proxy, S3).
+Shared by the scripts that run servers for tests by hand (registry, HTTP proxy, S3) and
+by the benchmarks' link emulator.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from types import FrameType
+from types import FrameType, TracebackType
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 def serve_until_signal(alive: Callable[[], bool], stop: Callable[[], None], label: str) -> int:
@@ -29,3 +34,24 @@ def serve_until_signal(alive: Callable[[], bool], stop: Callable[[], None], labe
         return 0
     finally:
         stop()
+
+
+class Started(Generic[T]):
+    """``with server as handle``: ``start()`` gives the handle, ``stop()`` ends it all."""
+
+    def start(self) -> T:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> T:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

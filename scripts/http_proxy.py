@@ -31,12 +31,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 try:
-    from scripts.foreground import serve_until_signal
+    from scripts.foreground import Started, serve_until_signal
 except ModuleNotFoundError:  # run as a file: its own directory is on sys.path
-    from foreground import serve_until_signal  # type: ignore[import-not-found,no-redef]
+    from foreground import Started, serve_until_signal  # type: ignore[import-not-found,no-redef]
 
 PROXY_BINARY = "tinyproxy"
 START_TIMEOUT = 15.0
@@ -82,7 +81,7 @@ def free_port() -> int:
         return port
 
 
-class ProxyServer:
+class ProxyServer(Started[RunningProxy]):
     """``tinyproxy -d`` on a free loopback port."""
 
     def __init__(self, root: Path | None = None) -> None:
@@ -189,17 +188,6 @@ class ProxyServer:
         self._terminate()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> RunningProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _accepts(port: int) -> bool:

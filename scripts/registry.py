@@ -51,7 +51,6 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
 
 import bcrypt
@@ -61,9 +60,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 try:
-    from scripts.foreground import serve_until_signal
+    from scripts.foreground import Started, serve_until_signal
 except ModuleNotFoundError:  # run as a file: its own directory is on sys.path
-    from foreground import serve_until_signal  # type: ignore[import-not-found,no-redef]
+    from foreground import Started, serve_until_signal  # type: ignore[import-not-found,no-redef]
 
 MODES = ("plain", "basic", "token", "mirror")
 REGISTRY_BINARY = "docker-registry"
@@ -251,7 +250,7 @@ def _send(request: BaseHTTPRequestHandler, status: int, doc: object) -> None:
 # -- the registry ---------------------------------------------------------------------------
 
 
-class RegistryServer:
+class RegistryServer(Started[RunningRegistry]):
     """``docker-registry serve`` on a free loopback port, configured for one auth mode."""
 
     def __init__(
@@ -438,17 +437,6 @@ class RegistryServer:
             self.issuer = None
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> RunningRegistry:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _answers(port: int) -> bool:
