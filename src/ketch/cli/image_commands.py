@@ -9,7 +9,7 @@ from typing import Any
 
 from ketch.cli.progress import progress as make_progress
 from ketch.cli.store_options import store_options
-from ketch.cli.values import human_size
+from ketch.cli.values import human_size, report
 from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
 from ketch.fs.summary import entry_summary, image_summary
@@ -43,10 +43,9 @@ def cmd_unpack(args: argparse.Namespace) -> int:
         "bytes": total,
         "fetched_bytes": reader.backend_bytes,
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"unpacked {image.name} to {args.dest}: {files} files, {human_size(total)}")
+    report(
+        args, result, f"unpacked {image.name} to {args.dest}: {files} files, {human_size(total)}"
+    )
     return 0
 
 

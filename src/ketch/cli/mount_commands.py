@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ketch.cli.store_options import store_options
-from ketch.cli.values import human_size
+from ketch.cli.values import human_size, report
 from ketch.daemon.launcher import service_socket, start_forked, start_via_service, unmount
 from ketch.daemon.node_service import daemon_request, requests_log_file
 from ketch.daemon.state import default_log_file, read_record
@@ -72,10 +72,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         "api_sock": record.api_sock if record else None,
         "log_file": str(log_file),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"mounted {args.image} at {mountpoint} (pid {pid}, api {result['api_sock']})")
+    report(
+        args, result, f"mounted {args.image} at {mountpoint} (pid {pid}, api {result['api_sock']})"
+    )
     return 0
 
 
@@ -157,14 +156,14 @@ def cmd_service(args: argparse.Namespace) -> int:
         if running is not None:
             raise UsageError(f"{sock}: a node service is already running (pid {running})")
         pid = start_forked(node_service.serve_node, node_service.service_log_file())
-        _say(
+        report(
             args,
             {"state": "running", "pid": pid, "socket": sock},
             f"node service started (pid {pid}, {sock})",
         )
     elif args.action == "stop":
         pid = node_service.stop_service()
-        _say(
+        report(
             args,
             {"state": "stopped", "pid": pid, "socket": sock},
             f"node service stopped (pid {pid})",
@@ -172,17 +171,13 @@ def cmd_service(args: argparse.Namespace) -> int:
     else:
         live = node_service.service_pid()
         if live is None:
-            _say(
+            report(
                 args, {"state": "stopped", "pid": None, "socket": sock}, "node service not running"
             )
             return 3
-        _say(
+        report(
             args,
             {"state": "running", "pid": live, "socket": sock},
             f"node service running (pid {live}, {sock})",
         )
     return 0
-
-
-def _say(args: argparse.Namespace, result: dict[str, object], text: str) -> None:
-    print(json.dumps(result, indent=2) if args.json else text)

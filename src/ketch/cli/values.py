@@ -36,3 +36,8 @@ def human_size(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} GiB"
+
+
+def report(args: argparse.Namespace, result: object, text: str) -> None:
+    """A command's result: as JSON with ``--json``, else the one readable line."""
+    print(json.dumps(result, indent=2) if args.json else text)
