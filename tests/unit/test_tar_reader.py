@@ -653,13 +653,6 @@ def test_gnu_sparse_type_is_unsupported() -> None:
         parse(data)
 
 
-def test_pax_sparse_is_unsupported() -> None:
-    records = pax_record(b"GNU.sparse.major", b"1") + pax_record(b"GNU.sparse.name", b"real")
-    data = with_data(raw_header(b"x", th.PAX_LOCAL, len(records)), records)
-    with pytest.raises(UnsupportedError, match=rf"layer {LAYER}: 'real': sparse files"):
-        parse(data + raw_header(b"GNUSparseFile.0/real", th.REGULAR) + END)
-
-
 @pytest.mark.parametrize("typeflag", [b"V", b"M", b"N", b"D", b"A", b"9"])
 def test_unknown_type_is_unsupported(typeflag: bytes) -> None:
     data = raw_header(b"thing", typeflag) + END
@@ -875,18 +868,165 @@ def _has_xattr(path: Path) -> bool:
         return False
 
 
-@pytest.mark.parametrize("fmt", ["gnu", "posix"])
-def test_gnu_tar_sparse_files_are_unsupported(tmp_path: Path, fmt: str) -> None:
-    if shutil.which("tar") is None:
-        pytest.skip("GNU tar is not installed")
-    root = tmp_path / "root"
+def _sparse_tree(root: Path) -> dict[bytes, bytes]:
+    """Files with holes at the start, in the middle and at the end, and a file that is
+    all hole; their contents by archive name."""
     root.mkdir()
-    with open(root / "holes", "wb") as f:
-        f.seek(1 << 20)
-        f.write(b"data")
-        f.truncate(4 << 20)
-    data = _gnu_tar(root, f"--format={fmt}", "--sparse")
-    with pytest.raises(UnsupportedError, match=r"'\./holes': .*sparse"):
+    layouts = {
+        "holes": [(1 << 20, b"data"), (3 << 20, b"more data")],
+        "tail-hole": [(0, b"head")],
+        "all-hole": [],
+        "dense": [(0, os.urandom(70_000))],
+    }
+    sizes = {"holes": 4 << 20, "tail-hole": 2 << 20, "all-hole": 3 << 20, "dense": 70_000}
+    expected: dict[bytes, bytes] = {}
+    for name, pieces in layouts.items():
+        content = bytearray(sizes[name])
+        with open(root / name, "wb") as f:
+            for offset, data in pieces:
+                f.seek(offset)
+                f.write(data)
+                content[offset : offset + len(data)] = data
+            f.truncate(sizes[name])
+        expected[b"./" + name.encode()] = bytes(content)
+    return expected
+
+
+@pytest.mark.parametrize("version", ["0.0", "0.1", "1.0"])
+def test_gnu_tar_pax_sparse_files_read_with_their_holes(tmp_path: Path, version: str) -> None:
+    expected = _sparse_tree(tmp_path / "root")
+    data = _gnu_tar(tmp_path / "root", "--format=posix", "--sparse", f"--sparse-version={version}")
+    assert b"GNU.sparse." in data  # GNU tar did write sparse entries
+    ours = assert_same_as_tarfile(data)  # names, real sizes and contents, as tarfile reads
+    files = {h.name: body for h, body in ours if h.typeflag == th.REGULAR}
+    assert files == expected
+    entries = {e.path: (e, body) for e, body in layer_entries(data)}
+    for name, content in expected.items():
+        entry, body = entries[(name[2:],)]
+        assert (entry.kind, entry.size, body) == (EntryKind.FILE, len(content), content)
+
+
+def test_sparse_file_blocks_are_exact_and_holes_share_one_zero_block() -> None:
+    records = (
+        pax_record(b"GNU.sparse.size", b"%d" % (3 * 4096 + 10))
+        + pax_record(b"GNU.sparse.numblocks", b"1")
+        + pax_record(b"GNU.sparse.offset", b"4100")
+        + pax_record(b"GNU.sparse.numbytes", b"5")
+    )
+    data = (
+        with_data(raw_header(b"x", th.PAX_LOCAL, len(records)), records)
+        + with_data(raw_header(b"s", th.REGULAR, 5), b"abcde")
+        + END
+    )
+    reader = TarHeaderReader(io.BytesIO(data), LAYER)
+    header = reader.next()
+    assert header is not None and (header.name, header.size) == (b"s", 3 * 4096 + 10)
+    blocks = list(reader.read_data(4096))
+    assert [len(b) for b in blocks] == [4096, 4096, 4096, 10]
+    assert bytes(blocks[1][:9]) == b"\0\0\0\0abcde"
+    assert b"".join(blocks) == bytes(4100) + b"abcde" + bytes(3 * 4096 + 10 - 4105)
+    assert reader.next() is None
+
+
+def test_unknown_sparse_version_is_a_regular_file() -> None:
+    # Go reads it as a plain file; so does Ketch (the data is the file as stored).
+    records = pax_record(b"GNU.sparse.major", b"2") + pax_record(b"GNU.sparse.minor", b"0")
+    data = (
+        with_data(raw_header(b"x", th.PAX_LOCAL, len(records)), records)
+        + with_data(raw_header(b"plain", th.REGULAR, 4), b"body")
+        + END
+    )
+    [(header, body)] = parse(data)
+    assert (header.name, header.size, body) == (b"plain", 4, b"body")
+
+
+def _pax(records: bytes) -> bytes:
+    return with_data(raw_header(b"x", th.PAX_LOCAL, len(records)), records)
+
+
+def _sparse_0x(size: int, pairs: list[tuple[int, int]], numblocks: int | None = None) -> bytes:
+    records = pax_record(b"GNU.sparse.size", b"%d" % size)
+    count = len(pairs) if numblocks is None else numblocks
+    records += pax_record(b"GNU.sparse.numblocks", b"%d" % count)
+    for offset, length in pairs:
+        records += pax_record(b"GNU.sparse.offset", b"%d" % offset)
+        records += pax_record(b"GNU.sparse.numbytes", b"%d" % length)
+    return with_data(raw_header(b"x", th.PAX_LOCAL, len(records)), records)
+
+
+def _sparse_1x0(size: int, map_text: bytes, stored: bytes) -> bytes:
+    records = (
+        pax_record(b"GNU.sparse.major", b"1")
+        + pax_record(b"GNU.sparse.minor", b"0")
+        + pax_record(b"GNU.sparse.name", b"real")
+        + pax_record(b"GNU.sparse.realsize", b"%d" % size)
+    )
+    body = map_text + bytes(-len(map_text) % 512) + stored
+    return (
+        with_data(raw_header(b"x", th.PAX_LOCAL, len(records)), records)
+        + with_data(raw_header(b"GNUSparseFile.0/real", th.REGULAR, len(body)), body)
+        + END
+    )
+
+
+def test_sparse_1x0_map_spanning_blocks() -> None:
+    pairs = [(i * 1000, 10) for i in range(80)]  # a map of more than one 512-byte block
+    map_text = b"".join(b"%d\n" % n for n in [len(pairs), *[x for p in pairs for x in p]])
+    assert len(map_text) > 512
+    stored = bytes(range(10)) * 80
+    [(header, body)] = parse(_sparse_1x0(80_000, map_text, stored))
+    assert (header.name, header.size) == (b"real", 80_000)
+    expected = bytearray(80_000)
+    for i, (offset, length) in enumerate(pairs):
+        expected[offset : offset + length] = stored[i * 10 : i * 10 + 10]
+    assert body == bytes(expected)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (
+            _sparse_0x(100, [(50, 10), (55, 10)])
+            + with_data(raw_header(b"s", th.REGULAR, 20), bytes(20)),
+            "overlaps",
+        ),
+        (
+            _sparse_0x(100, [(95, 10)]) + with_data(raw_header(b"s", th.REGULAR, 10), bytes(10)),
+            "ends past the real size 100",
+        ),
+        (
+            _sparse_0x(100, [(0, 10)]) + with_data(raw_header(b"s", th.REGULAR, 12), bytes(12)),
+            "hold 10 bytes, the entry stores 12",
+        ),
+        (
+            _sparse_0x(100, [(0, 10)], numblocks=2)
+            + with_data(raw_header(b"s", th.REGULAR, 10), bytes(10)),
+            "expected 4 numbers for 2 fragments",
+        ),
+        (
+            _pax(pax_record(b"GNU.sparse.size", b"-5"))
+            + with_data(raw_header(b"s", th.REGULAR, 0), b""),
+            "GNU.sparse.size",
+        ),
+        (
+            _sparse_1x0(100, b"1\n0\n", b"")[:-1024],  # the map ends in the middle
+            "sparse map",
+        ),
+        (
+            _sparse_1x0(10**6, b"1000000\n" + b"1\n" * 1000, b"")[:-1024],  # more than stored
+            "sparse map",
+        ),
+    ],
+)
+def test_broken_sparse_maps_are_refused(entry: bytes, message: str) -> None:
+    with pytest.raises(BadLayerError, match=message):
+        parse(entry + END)
+
+
+def test_old_gnu_sparse_type_is_refused_as_umoci_refuses_it(tmp_path: Path) -> None:
+    _sparse_tree(tmp_path / "root")
+    data = _gnu_tar(tmp_path / "root", "--format=gnu", "--sparse")
+    with pytest.raises(UnsupportedError, match=r"'\./(holes|tail-hole|all-hole)': GNU sparse"):
         layer_entries(data)
 
 

@@ -17,9 +17,10 @@ Pax records (``LEN KEY=VALUE\\n``) of an ``x`` header apply to the next entry, t
 ``g`` header to every following one; an empty value keeps the header's own field. Keys
 used: ``path``, ``linkpath``, ``size``, ``uid``, ``gid``, ``mtime`` (decimal seconds with
 a fraction, kept exact to the nanosecond), ``SCHILY.xattr.NAME`` (raw value) and
-``LIBARCHIVE.xattr.NAME`` (base64 value); ``GNU.sparse.*`` and the GNU ``S`` type are
-sparse files, which Ketch does not handle. A GNU long name or link name wins over pax,
-as in Go.
+``LIBARCHIVE.xattr.NAME`` (base64 value), and ``GNU.sparse.*``: GNU sparse files in pax
+form (``tar_sparse``), whose data reads with its holes filled with zeros, as Go reads
+it. The old GNU ``S`` sparse type is refused, as umoci refuses it. A GNU long name or
+link name wins over pax, as in Go; a sparse file's ``GNU.sparse.name`` wins over both.
 
 Every way an archive can be broken is a ``BadLayerError`` naming the layer and the
 offset: a block failing its checksum, a zero block followed by data, a stream ending
@@ -49,6 +50,7 @@ from typing import IO
 from zlib import adler32
 
 from ketch.errors import BadLayerError, UnsupportedError
+from ketch.oci import tar_sparse
 
 BLOCK_SIZE = 512
 ZERO_BLOCK = bytes(BLOCK_SIZE)
@@ -76,6 +78,7 @@ GNU_SPARSE = b"S"
 # Entries that have no data, whatever their size field says (POSIX; Go agrees).
 _HEADER_ONLY = frozenset({HARDLINK, SYMLINK, CHAR, BLOCK, DIRECTORY, FIFO})
 _DEVICES = frozenset({CHAR, BLOCK})
+_REGULAR_TYPES = frozenset({REGULAR, REGULAR_OLD, CONTIGUOUS})
 _META = frozenset({PAX_LOCAL, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK})
 
 HEADER = struct.Struct(
@@ -109,7 +112,6 @@ _CHKSUM_AS_SPACES = 8 * 0x20
 _PAX_TIME = re.compile(rb"([+-]?)([0-9]{1,19})(?:\.([0-9]*))?")
 _SCHILY_XATTR = b"SCHILY.xattr."
 _LIBARCHIVE_XATTR = b"LIBARCHIVE.xattr."
-_GNU_SPARSE = b"GNU.sparse."
 _PAX_STRINGS = (b"path", b"linkpath", b"uname", b"gname")  # values without NUL
 
 
@@ -191,8 +193,11 @@ def cstring(field: bytes) -> bytes:
 
 
 def parse_pax_records(data: bytes) -> dict[bytes, bytes]:
-    """``LEN KEY=VALUE\\n`` records, LEN counting the whole record; the last of a key wins."""
+    """``LEN KEY=VALUE\\n`` records, LEN counting the whole record; the last of a key wins,
+    but for GNU sparse 0.0's repeated offset and length keys, which are joined in order
+    into one ``GNU.sparse.map`` value (as Go does)."""
     records: dict[bytes, bytes] = {}
+    sparse_pairs: list[bytes] = []  # GNU sparse 0.0 repeats two keys: kept in order
     pos, end = 0, len(data)
     while pos < end:
         space = data.find(b" ", pos, min(end, pos + 8))
@@ -212,8 +217,13 @@ def parse_pax_records(data: bytes) -> dict[bytes, bytes]:
             raise HeaderError(f"pax record at {pos}: expected KEY=VALUE, found {key[:64]!r}")
         if key in _PAX_STRINGS and b"\0" in value:
             raise HeaderError(f"pax record {key.decode()!r} has a NUL in its value")
-        records[key] = value
+        if key in (tar_sparse.OFFSET, tar_sparse.NUMBYTES):
+            sparse_pairs.append(value)
+        else:
+            records[key] = value
         pos = stop
+    if sparse_pairs:
+        records[tar_sparse.MAP] = b",".join(sparse_pairs)
     return records
 
 
@@ -285,6 +295,8 @@ class TarHeaderReader:
         self._globals: dict[bytes, bytes] = {}
         self._globals_size = 0
         self._done = False
+        #: the current entry's sparse fragments and real size, if it is a sparse file
+        self._sparse: tuple[tuple[tar_sparse.Fragment, ...], int] | None = None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -377,6 +389,7 @@ class TarHeaderReader:
     def next(self) -> TarHeader | None:
         """The next real entry's header, or ``None`` at the end of the archive."""
         self._data_left = 0  # the rest is skipped on the way to the next header
+        self._sparse = None
         if self._done:
             return None
         local: dict[bytes, bytes] | None = None
@@ -433,6 +446,10 @@ class TarHeaderReader:
             self._name = name
             self._data_left = size
             self._next = data_offset + size + (-size % BLOCK_SIZE)
+            if records and typeflag in _REGULAR_TYPES:
+                sparse = self._sparse_header(offset, records, name)
+                if sparse is not None:
+                    name, size = self._open_sparse(offset, sparse, name, size)
             return TarHeader(
                 typeflag, name, linkname, mode, uid, gid, size, sec, nsec, major, minor, xattrs
             )
@@ -566,22 +583,64 @@ class TarHeaderReader:
             xattrs = pax_xattrs(records)
         except HeaderError as exc:
             raise self._bad(offset, f"pax header of {_show(name)}: {exc}") from None
-        if any(key.startswith(_GNU_SPARSE) for key in records):
-            real = records.get(b"GNU.sparse.name", name)
-            raise UnsupportedError(
-                f"layer {self._layer}: {_show(real)}: sparse files (pax GNU.sparse.*) "
-                "are not supported"
-            )
         return name, linkname, uid, gid, size, sec, nsec, xattrs
+
+    def _sparse_header(
+        self, offset: int, records: dict[bytes, bytes], name: bytes
+    ) -> tar_sparse.SparseHeader | None:
+        try:
+            return tar_sparse.sparse_header(records)
+        except tar_sparse.SparseError as exc:
+            raise self._bad(offset, f"{_show(name)}: {exc}") from None
+
+    def _open_sparse(
+        self, offset: int, sparse: tar_sparse.SparseHeader, name: bytes, stored: int
+    ) -> tuple[bytes, int]:
+        """Make the current entry read as its sparse file; its real name and size."""
+        if sparse.name:
+            name = self._name = sparse.name
+        size = sparse.size if sparse.size is not None else stored
+        try:
+            fragments = sparse.fragments
+            if fragments is None:  # 1.0: the map starts the data
+                fragments, used = tar_sparse.read_map_1x0(
+                    self._map_block, min(MAX_META_SIZE, stored)
+                )
+                self._data_left -= used
+            tar_sparse.check_fragments(fragments, size, self._data_left)
+        except tar_sparse.SparseError as exc:
+            raise self._bad(offset, f"{_show(name)}: {exc}") from None
+        self._sparse = (fragments, size)
+        return name, size
+
+    def _map_block(self) -> bytes:
+        block = self._read_exact(BLOCK_SIZE)
+        if len(block) < BLOCK_SIZE:
+            raise self._bad(
+                self._pos,
+                f"truncated: the stream ends inside the sparse map of {_show(self._name)}",
+            )
+        return block
 
     # -- data ---------------------------------------------------------------------------
 
     def read_data(self, block_size: int) -> Iterator[bytes | memoryview]:
         """What is left of the current entry's data, ``block_size`` bytes at a time (the
-        last block may be short)."""
+        last block may be short); a sparse file's holes read as zeros."""
+        if self._sparse is not None:
+            fragments, size = self._sparse
+            return tar_sparse.expand(
+                fragments, size, lambda count: self._stored(count, block_size), block_size
+            )
+        return self._stored(self._data_left, block_size)
+
+    def _stored(self, count: int, block_size: int) -> Iterator[bytes | memoryview]:
+        """The next ``count`` bytes of the entry's data as stored, in pieces of at most
+        ``block_size``."""
         read = self._read_data
-        while (left := self._data_left) > 0:
-            want = block_size if left > block_size else left
+        end = self._data_left - count
+        while (left := self._data_left) > end:
+            want = block_size if left - end > block_size else left - end
             block = read(want)
             got = len(block)
             if not got:
