@@ -15,6 +15,11 @@ it whole in 1 MiB ``readv`` calls (like ``dd bs=1M``), with the page cache empti
   baseline is ``zstd -d -c FILE.zst > /dev/null`` of the same bytes compressed with
   ``zstd -3``, also from a cold page cache (process start-up included, about 2 ms).
 
+A reference runs beside Ketch in both cases: ``bench/ideal_fuse.py``, the fastest pyfuse3
+daemon we could build for this one read (a loader process reading and checking chunks
+straight into shared memory, zero-copy replies, none of the bookkeeping a real daemon
+needs). It bounds what any pyfuse3 design reaches on this machine.
+
 For diagnosis, Ketch's own read path is also timed in this process without FUSE
 (``ImageFS.read`` over the reader stack the daemon builds, same cache state), in 1 MiB
 reads and in 128 KiB reads (the kernel's FUSE request size at its default readahead).
@@ -33,6 +38,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +46,7 @@ from typing import Any
 
 import blake3
 
-from bench.context import BenchError, Context, log, oci, remove, run_ketch
+from bench.context import REPO, BenchError, Context, log, oci, remove, run_ketch
 from bench.mounts import CacheControl, check_drop_caches, mounted, read_file, resident_bytes
 from bench.report import Benchmark, mb_per_s, mib, ratio, table
 from ketch.fs.image_fs import ImageFS
@@ -169,6 +175,55 @@ def _in_process(setup: _Setup, cache_dir: Path, block: int, *, empty: bool) -> l
     return times
 
 
+def _chunk_list(setup: _Setup, cache_dir: Path, *, from_blob: bool) -> Path:
+    """The ideal daemon's chunk list for the file: cache entries, or blob ranges to be
+    stored as cache entries (``bench/ideal_fuse.py``)."""
+    store, tag = open_store(setup.image)
+    image = open_ketch_image(store, tag)
+    bootstrap = image.bootstrap
+    cache = ChunkCache(cache_dir / "chunks", 0, bootstrap.digest_algorithm)
+    index = bootstrap.resolve(FILE)
+    lines = []
+    for _, chunk in bootstrap.chunks_for_range(index, 0, SIZE):
+        line = f"{cache.path(chunk.digest)} {chunk.digest.hex()} {chunk.uncompressed_size}"
+        if from_blob:
+            digest = bootstrap.blob(chunk.blob).oci_digest
+            blob = setup.layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+            line += f" {blob} {chunk.compressed_offset} {chunk.compressed_size}"
+        lines.append(line)
+    bootstrap.close()
+    listing = setup.ctx.work / ("ideal-blob.list" if from_blob else "ideal-cache.list")
+    listing.write_text("\n".join(lines) + "\n")
+    return listing
+
+
+def _ideal_read(setup: _Setup, listing: Path, cold: list[Path]) -> float:
+    """One timed read through ``bench/ideal_fuse.py`` serving ``listing``."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.ideal_fuse", "serve", str(setup.mountpoint), str(listing)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if server.stdout is None or server.stdout.readline().strip() != "ready":
+            raise BenchError(
+                f"ideal_fuse did not start: {server.stderr.read() if server.stderr else ''}"
+            )
+        setup.caches.cold(cold)
+        count, seconds = read_file(setup.mountpoint / FILE)
+        _check_read(count, "ideal_fuse read")
+        return seconds
+    finally:
+        subprocess.run(["fusermount3", "-u", str(setup.mountpoint)], check=False, timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def _warm(setup: _Setup) -> dict[str, Any]:
     ctx = setup.ctx
     cache = ctx.fresh_dir("read-cache-warm")
@@ -200,6 +255,9 @@ def _warm(setup: _Setup) -> dict[str, Any]:
         raise BenchError(f"warm chunk cache: expected no backend reads, found {counters}")
     in_1m = _in_process(setup, cache, 1 << 20, empty=False)
     in_128k = _in_process(setup, cache, FUSE_BLOCK, empty=False)
+    listing = _chunk_list(setup, cache, from_blob=False)
+    ideal = [_ideal_read(setup, listing, [cache]) for _ in range(setup.runs)]
+    log(f"mount_read: warm ideal_fuse runs {_seconds(ideal)}")
     remove(cache)
     # Extra baseline samples, for its fastest run only: its cold reads vary run to run.
     extra: list[float] = []
@@ -218,6 +276,8 @@ def _warm(setup: _Setup) -> dict[str, Any]:
         "daemon": counters[len(counters) // 2],
         "in_process_1m_seconds": round(_median(in_1m), 4),
         "in_process_128k_seconds": round(_median(in_128k), 4),
+        "ideal_seconds": _seconds(ideal),
+        "median_ideal_seconds": round(_median(ideal), 4),
     }
 
 
@@ -255,6 +315,13 @@ def _cold(setup: _Setup) -> dict[str, Any]:
     in_1m = _in_process(setup, cache, 1 << 20, empty=True)
     in_128k = _in_process(setup, cache, FUSE_BLOCK, empty=True)
     remove(cache)
+    ideal = []
+    for _ in range(setup.runs):
+        ideal_cache = ctx.fresh_dir("read-cache-ideal")
+        listing = _chunk_list(setup, ideal_cache, from_blob=True)
+        ideal.append(_ideal_read(setup, listing, [setup.layout, ideal_cache]))
+        remove(ideal_cache)
+    log(f"mount_read: empty-cache ideal_fuse runs {_seconds(ideal)}")
     extra = [_zstd_seconds(setup) for _ in range(setup.runs)]  # for its fastest run only
     ketch_s, zstd_s = _median(ketch), _median(zstd)
     return {
@@ -267,6 +334,8 @@ def _cold(setup: _Setup) -> dict[str, Any]:
         "daemon": counters,
         "in_process_1m_seconds": round(_median(in_1m), 4),
         "in_process_128k_seconds": round(_median(in_128k), 4),
+        "ideal_seconds": _seconds(ideal),
+        "median_ideal_seconds": round(_median(ideal), 4),
     }
 
 
@@ -324,6 +393,30 @@ def run(ctx: Context) -> dict[str, Any]:
         remove(tree)
         remove(layout)
         remove(zst)
+
+
+def _ideal_text(data: dict[str, Any]) -> str:
+    """What the reference daemon reached, against the same verdict rule as Ketch."""
+    warm, cold = data["warm"], data["cold"]
+    if "median_ideal_seconds" not in warm or "median_ideal_seconds" not in cold:
+        return ""
+    parts = []
+    for label, result in (("warm", warm), ("empty", cold)):
+        fastest = result.get("strict_ratio", result["ratio"]) * result["median_ketch_seconds"]
+        median = result["median_ketch_seconds"] * result["ratio"]
+        ideal = result["median_ideal_seconds"]
+        worst = min(fastest, median) / ideal
+        parts.append(f"{ratio(worst)} with the chunk cache {label}")
+    return (
+        "The reference daemon serves the same file from the same chunks, checked against "
+        "the same digests, with everything else stripped: a loader process reads (warm: "
+        "`O_DIRECT` from the cache entries; empty: the blob ranges, zstd, then the cache "
+        "entries written) straight into shared memory, and the FUSE side answers with views "
+        "of it. Judged as Ketch is (the stricter of the baseline's median and fastest run), "
+        f"it reaches {parts[0]} and {parts[1]}: this bounds what any pyfuse3 daemon does "
+        "here, before the work a real one must add (many readers, single-flight, the cache "
+        "index, metrics, the access trace).\n\n"
+    )
 
 
 def _verdict(value: float) -> str:
@@ -384,6 +477,24 @@ def render(data: dict[str, Any]) -> str:
             zstd / cold["in_process_128k_seconds"],
         ),
     ]
+    ideal_label = "reference: the fastest pyfuse3 daemon we could build (`bench/ideal_fuse.py`)"
+    if "median_ideal_seconds" in warm:
+        warm_rows.insert(
+            2,
+            _row(
+                ideal_label,
+                warm["median_ideal_seconds"],
+                size,
+                native / warm["median_ideal_seconds"],
+            ),
+        )
+    if "median_ideal_seconds" in cold:
+        cold_rows.insert(
+            2,
+            _row(
+                ideal_label, cold["median_ideal_seconds"], size, zstd / cold["median_ideal_seconds"]
+            ),
+        )
     headers = ["read", "seconds", "MB/s", "speed vs baseline"]
     return f"""\
 One {mib(size)} file, half random bytes and half text interleaved every 4 KiB: {data["chunks"]}
@@ -418,7 +529,7 @@ run's daemon counters: {c_fuse["fuse_reads"]:,.0f} FUSE reads of
 {c_fuse["cache_misses"]:,.0f} chunk misses, {mib(c_fuse["backend_bytes"])} read from the
 backend.
 
-The "no FUSE" rows run `ImageFS.read` in the benchmark process, one thread, over the reader
+{_ideal_text(data)}The "no FUSE" rows run `ImageFS.read` in the benchmark process, one thread, over the reader
 stack the daemon builds (`CachedChunkReader` with its in-memory recent chunks, `ChunkCache`,
 `ChunkReader`), page cache cold: the gap between them and the baseline is Ketch's read path
 itself, the gap between them and the mount is FUSE and the daemon.
