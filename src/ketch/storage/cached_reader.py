@@ -52,6 +52,7 @@ from ketch.errors import IntegrityError
 from ketch.format.records import ChunkRecord
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import ChunkReader, merge_ranges
+from ketch.storage.write_behind import WriteBehind
 
 log = logging.getLogger("ketch.storage")
 
@@ -135,7 +136,8 @@ class _RecentChunks:
 
 
 DEFAULT_MEMORY = 64 << 20
-_WRITE_BEHIND_CHUNKS = 32  # queued cache writes, at most a chunk each
+#: bytes handed to the background cache writer and not yet written, at most
+_WRITE_BEHIND_BYTES = 64 << 20
 #: worker threads resolving prefetched chunks (cache file reads overlap on disk; zstd and
 #: blake3 release the GIL, so decompressing and hashing use every core)
 DEFAULT_PREFETCH_THREADS = 4
@@ -193,10 +195,9 @@ class CachedChunkReader:
         self._readahead = readahead if blob_chunks is not None else 0
         self._blob_chunks = blob_chunks
         self._offsets: dict[str, list[int]] = {}
-        self._writes: queue.Queue[tuple[bytes, bytes]] | None = None
+        self._writes: WriteBehind | None = None
         if write_behind and cache is not None:
-            self._writes = queue.Queue(_WRITE_BEHIND_CHUNKS)
-            threading.Thread(target=self._write_behind, name="cache-fill", daemon=True).start()
+            self._writes = WriteBehind(cache.put, _WRITE_BEHIND_BYTES)
         # Prefetched chunks are kept in the memory tier: without one, no prefetch.
         self._prefetch_threads = prefetch_threads if memory > 0 else 0
         self._prefetch_budget = min(prefetch_budget, memory // 2)
@@ -207,23 +208,11 @@ class CachedChunkReader:
     def _store(self, digest: bytes, data: bytes) -> None:
         if self.cache is None:
             return
-        if self._writes is not None:
-            try:
-                self._writes.put_nowait((digest, data))
-                return
-            except queue.Full:
-                pass  # the writer is behind: this reader writes, which slows new fetches
-        self.cache.put(digest, data)
-
-    def _write_behind(self) -> None:
-        if self._writes is None or self.cache is None:
+        if self._writes is not None and self._writes.offer(digest, data):
             return
-        while True:
-            digest, data = self._writes.get()
-            try:
-                self.cache.put(digest, data)
-            finally:
-                self._writes.task_done()
+        # No background writer, or it is behind: this reader writes, which slows new
+        # fetches down to the pace of the disk.
+        self.cache.put(digest, data)
 
     def flush(self) -> None:
         """Wait until every prefetch has finished and every chunk handed to the
@@ -231,7 +220,7 @@ class CachedChunkReader:
         while True:
             with self._lock:
                 prefetching = self._prefetch_bytes > 0
-            if not prefetching and (self._writes is None or not self._writes.unfinished_tasks):
+            if not prefetching and (self._writes is None or not self._writes.pending_bytes):
                 return
             time.sleep(0.01)
 
