@@ -36,6 +36,7 @@ from ketch.oci.tar_header import (
     parse_pax_time,
 )
 from ketch.oci.tar_layer import EntryKind, LayerEntry, LayerReader
+from ketch.oci.tar_sparse import MAX_HOLE_BYTES
 
 LAYER = "sha256:" + "ab" * 32
 ENC, ERRORS = "utf-8", "surrogateescape"
@@ -1163,3 +1164,20 @@ def test_random_pax_records_only_raise_ketch_errors(
     body = b"".join(pax_record(k, v) for k, v in records)
     data = with_data(raw_header(b"p", typeflag, len(body)), body)
     _parse_anything(data + raw_header(b"a", th.REGULAR, 5) + b"abcde".ljust(512, b"\0") + END)
+
+
+def test_sparse_holes_are_bounded_per_layer() -> None:
+    # A few bytes of map asking for a terabyte of zeros: refused before any is read.
+    huge = _sparse_0x(1 << 40, []) + with_data(raw_header(b"lastlog", th.REGULAR, 0), b"")
+    with pytest.raises(UnsupportedError, match=r"'lastlog': sparse file of 1099511627776 bytes"):
+        parse(huge + END)
+    # Within the bound, several files add up to it.
+    half = MAX_HOLE_BYTES // 2 + 1
+    two = [
+        _sparse_0x(half, []) + with_data(raw_header(n, th.REGULAR, 0), b"") for n in (b"a", b"b")
+    ]
+    reader = TarHeaderReader(io.BytesIO(b"".join(two) + END), LAYER)
+    first = reader.next()
+    assert first is not None and first.size == half
+    with pytest.raises(UnsupportedError, match=r"'b': .*over the 68719476736"):
+        reader.next()

@@ -296,6 +296,7 @@ class TarHeaderReader:
         self._globals_size = 0
         self._done = False
         #: the current entry's sparse fragments and real size, if it is a sparse file
+        self._hole_bytes = 0  # the holes of this archive's sparse files so far
         self._sparse: tuple[tuple[tar_sparse.Fragment, ...], int] | None = None
 
     # -- reading ------------------------------------------------------------------------
@@ -610,6 +611,16 @@ class TarHeaderReader:
             tar_sparse.check_fragments(fragments, size, self._data_left)
         except tar_sparse.SparseError as exc:
             raise self._bad(offset, f"{_show(name)}: {exc}") from None
+        # Holes cost no bytes in the layer but are read, hashed and chunked as zeros: a
+        # few bytes of map could otherwise ask for years of work.
+        self._hole_bytes += size - self._data_left
+        if self._hole_bytes > tar_sparse.MAX_HOLE_BYTES:
+            raise UnsupportedError(
+                f"layer {self._layer}: {_show(name)}: sparse file of {size} bytes, "
+                f"{size - self._data_left} of them holes: the layer's sparse files would "
+                f"have {self._hole_bytes} bytes of holes, over the "
+                f"{tar_sparse.MAX_HOLE_BYTES} Ketch reads"
+            )
         self._sparse = (fragments, size)
         return name, size
 
