@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -246,6 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ketch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output has gone (`ketch inspect ... | head`): stop quietly, as
+        # a shell tool killed by SIGPIPE would, and keep Python from complaining at exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as exc:
         print(f"ketch: error: {exc}", file=sys.stderr)
         return 1
