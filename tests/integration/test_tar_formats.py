@@ -103,6 +103,9 @@ def test_gnu_tar_layer_unpacks_as_umoci_unpacks_it(
     differences = compare_trees(tmp_path / "umoci", tmp_path / "tree")
     assert differences == [], "\n".join(str(d) for d in differences[:20])
     assert (tmp_path / "tree" / "holes").read_bytes()[3 << 20 :][:13] == b"in the middle"
+    # Zeros are left as holes, as umoci leaves them: 5 MiB of file, next to no disk.
+    all_hole = (tmp_path / "tree" / "all-hole").stat()
+    assert all_hole.st_size == 5 << 20 and all_hole.st_blocks * 512 < 64 << 10
 
 
 def test_old_gnu_sparse_type_is_refused_like_umoci_refuses_it(

@@ -21,6 +21,7 @@ from ketch.errors import IntegrityError, StorageError, UsageError
 from ketch.fs.image_fs import ROOT_INO, Attr, ImageFS
 
 _WRITE_BLOCK = 4 << 20
+_ZEROS = bytes(_WRITE_BLOCK)
 
 
 class _Unpacker:
@@ -84,14 +85,23 @@ class _Unpacker:
                 )
 
     def _write_contents(self, ino: int, size: int, fd: int) -> None:
+        """The file's bytes into ``fd``; blocks of zeros become holes (the file is as
+        sparse as its zeros allow, as umoci leaves a sparse file from a layer)."""
         offset = 0
         while offset < size:
             data = self.fs.read(ino, offset, _WRITE_BLOCK)
             if not data:
                 raise IntegrityError(f"inode {ino}: ended at {offset} of {size} bytes")
-            os.write(fd, data)
+            if _ZEROS.startswith(data):  # all zeros (a memcmp, no copy)
+                os.lseek(fd, len(data), os.SEEK_CUR)
+            else:
+                with memoryview(data) as view:
+                    written = 0
+                    while written < len(view):
+                        written += os.write(fd, view[written:])
             offset += len(data)
             self.on_bytes(len(data))
+        os.ftruncate(fd, size)  # a file that ends in a hole still has its size
 
     def _apply_attrs(self, attr: Attr, fd: int, name: bytes | None, ino: int) -> None:
         """Owner, then mode (chown clears set-id bits), xattrs, then mtime last.
