@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import mmap
 import os
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -17,6 +20,8 @@ from ketch.oci.manifest import Descriptor, Manifest, Platform
 from ketch.storage.store import ImageStore
 
 MAX_BOOTSTRAP_SIZE = 1 << 32
+
+log = logging.getLogger("ketch.storage")
 
 
 @dataclass(slots=True)
@@ -63,16 +68,19 @@ def open_ketch_image(
         data = store.read_blob(layer.digest, max_size=layer.size)
         bootstrap = Bootstrap(data, name=f"bootstrap {layer.digest}")
     else:
-        bootstrap = Bootstrap.open(_cached_bootstrap(store, layer, cache_dir))
+        bootstrap = _cached_bootstrap(store, layer, cache_dir)
     return KetchImage(store, tag, descriptor, manifest, layer, bootstrap)
 
 
-def _cached_bootstrap(store: ImageStore, layer: Descriptor, cache_dir: Path) -> Path:
-    """The bootstrap as a local file named by its digest, fetched and verified once."""
+def _cached_bootstrap(store: ImageStore, layer: Descriptor, cache_dir: Path) -> Bootstrap:
+    """The bootstrap from a local copy named by its digest: the copy is checked against
+    that digest at every open (a cache file is hostile input, and the bootstrap decides
+    which bytes every path reads), and fetched again if it is missing or damaged."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"bootstrap-{layer.digest[7:]}"
-    if path.is_file():
-        return path
+    cached = _open_cached(path, layer)
+    if cached is not None:
+        return cached
     data = store.read_blob(layer.digest, max_size=layer.size)
     # Hash in a thread while the copy is written and synced (both release the GIL): a
     # first mount of a large image pays the longer of the two, not their sum. Nothing is
@@ -94,4 +102,42 @@ def _cached_bootstrap(store: ImageStore, layer: Descriptor, cache_dir: Path) -> 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return path
+    return Bootstrap(data, name=str(path))
+
+
+def _open_cached(path: Path, layer: Descriptor) -> Bootstrap | None:
+    """The copy at ``path`` mmapped, if it is a regular file of the layer's size and
+    digest; None if there is none. A damaged copy is removed, so that it is fetched anew.
+
+    Hashing costs about 1 ms per 2 MB (11 ms for a 100,000-file image), once per open.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # a symlink or FIFO planted there, say
+        _damaged(path, f"cannot open it ({exc.strerror})")
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != layer.size or not st.st_size:
+            _damaged(path, f"expected a file of {layer.size} bytes")
+            return None
+        data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except OSError as exc:
+        _damaged(path, f"cannot read it ({exc.strerror})")
+        return None
+    finally:
+        os.close(fd)
+    found = "sha256:" + hashlib.sha256(data).hexdigest()
+    if found != layer.digest:
+        data.close()
+        _damaged(path, f"digest: expected {layer.digest}, found {found}")
+        return None
+    return Bootstrap(data, name=str(path))
+
+
+def _damaged(path: Path, why: str) -> None:
+    log.warning("cached bootstrap %s is damaged (%s): fetching it again", path, why)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
