@@ -247,7 +247,7 @@ def unmount(mountpoint: Path, timeout: float = 10.0) -> MountRecord | None:
     if not mounted and record is None:
         raise NotFoundError(f"{mountpoint}: not a Ketch mount")
     if mounted:
-        alive = record is not None and pid_alive(record.pid)
+        alive = record is not None and pid_alive(record.pid, record.started or None)
         # A dead daemon leaves "transport endpoint is not connected": detach it lazily.
         command = (
             ["fusermount3", "-u", str(mountpoint)]
@@ -259,15 +259,16 @@ def unmount(mountpoint: Path, timeout: float = 10.0) -> MountRecord | None:
             reason = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"
             raise StorageError(f"{mountpoint}: unmount failed: {reason}")
     if record is not None:
-        wait_for_exit(record.pid, timeout)
+        wait_for_exit(record.pid, timeout, started=record.started or None)
         remove_record(mountpoint)
     return record
 
 
-def wait_for_exit(pid: int, timeout: float) -> None:
-    """Until ``pid`` has exited (a zombie counts as exited); SIGKILL after ``timeout``."""
+def wait_for_exit(pid: int, timeout: float, *, started: int | None = None) -> None:
+    """Until ``pid`` has exited (a zombie counts as exited); SIGKILL after ``timeout``.
+    With ``started`` (``process_start``), a process that got the pid since is left alone."""
     deadline = time.monotonic() + timeout
-    while pid_alive(pid):
+    while pid_alive(pid, started):
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             break

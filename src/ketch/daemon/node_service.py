@@ -36,6 +36,7 @@ from ketch.daemon.state import (
     claim_image_mount,
     default_log_file,
     pid_alive,
+    process_start,
     state_dir,
 )
 from ketch.errors import KetchError, NotFoundError, UsageError
@@ -349,7 +350,7 @@ def serve_node(ready_fd: int | None = None) -> int:
         log.error("service failed error=%r", exc.message)
         signal_ready(ready_fd, exc)
         return exc.exit_code
-    pid_file().write_text(f"{os.getpid()}\n")
+    pid_file().write_text(f"{os.getpid()} {process_start(os.getpid()) or 0}\n")
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
     # Objects alive now are shared by every daemon forked later: keep the collector from
     # touching (and so copying) their pages in each child.
@@ -382,20 +383,33 @@ def serve_node(ready_fd: int | None = None) -> int:
     return 0
 
 
-def service_pid() -> int | None:
-    """The live node service's pid, or None."""
+def _service_process() -> tuple[int, int | None] | None:
+    """The pid and start time the pid file records (start time None: not recorded)."""
     try:
-        pid = int(pid_file().read_text().strip())
-    except (OSError, ValueError):
+        fields = pid_file().read_text().split()
+        pid = int(fields[0])
+        started = int(fields[1]) if len(fields) > 1 and int(fields[1]) else None
+    except (OSError, ValueError, IndexError):
         return None
-    return pid if pid_alive(pid) and service_socket().exists() else None
+    return pid, started
+
+
+def service_pid() -> int | None:
+    """The live node service's pid, or None (a pid file left by a service that died names
+    no process, or another one that has the pid since: both are None)."""
+    recorded = _service_process()
+    if recorded is None:
+        return None
+    pid, started = recorded
+    return pid if pid_alive(pid, started) and service_socket().exists() else None
 
 
 def stop_service(timeout: float = 10.0) -> int:
     """SIGTERM the node service and wait for it to go; its pid."""
+    recorded = _service_process()
     pid = service_pid()
-    if pid is None:
+    if pid is None or recorded is None:
         raise NotFoundError(f"{service_socket()}: no node service is running")
     os.kill(pid, signal.SIGTERM)
-    wait_for_exit(pid, timeout)
+    wait_for_exit(pid, timeout, started=recorded[1])
     return pid

@@ -36,6 +36,7 @@ from ketch.daemon.state import (
     default_log_file,
     is_mounted,
     mount_device,
+    process_start,
     read_record,
     remove_record,
     write_record,
@@ -313,6 +314,7 @@ def run_daemon(config: DaemonConfig, opened: KetchImage | None = None) -> int:
             root_digest=f"{bootstrap.digest_algorithm.label}:{bootstrap.root_digest.hex()}",
             api_sock=str(daemon.api_sock),
             log_file=str(default_log_file(config.mountpoint)),
+            started=process_start(os.getpid()) or 0,
         )
     )
     log.info(

@@ -32,9 +32,12 @@ class MountRecord:
     root_digest: str
     api_sock: str
     log_file: str
+    #: the daemon's start time (``process_start``): with the pid it names the daemon, where
+    #: the pid alone may belong to another process by now (0: not recorded)
+    started: int = 0
 
     def alive(self) -> bool:
-        return pid_alive(self.pid) and is_mounted(Path(self.mountpoint))
+        return pid_alive(self.pid, self.started or None) and is_mounted(Path(self.mountpoint))
 
 
 def _key(mountpoint: Path) -> str:
@@ -138,19 +141,38 @@ def claim_image_mount(manifest_digest: str, timeout: float = 120.0) -> tuple[Pat
         raise
 
 
-def pid_alive(pid: int) -> bool:
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name: field 3 (state) onwards."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/PID/stat`` field 22): a pid
+    and its start time name one process, where a pid alone is reused once it exits."""
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19]) if fields is not None else None
+    except (IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """``pid`` runs (a zombie, exited and not yet reaped, does not); with ``started``,
+    it must also be the process that started then, not a later one given the same pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # A zombie (exited, not yet reaped by its parent) is not alive for us.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+    fields = _stat_fields(pid)
+    if fields is None or not fields or fields[0] == "Z":
         return False
+    return started is None or process_start(pid) == started
 
 
 def _mountinfo(mountpoint: Path) -> list[str] | None:
