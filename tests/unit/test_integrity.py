@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -9,11 +10,14 @@ from pathlib import Path
 import pytest
 
 from ketch.errors import IntegrityError, KetchError
-from ketch.format.bootstrap import Bootstrap
+from ketch.format.bootstrap import ROOT_INODE, Bootstrap
 from ketch.format.bootstrap_verify import verify_bootstrap
 from ketch.format.digests import DigestAlgorithm
-from ketch.format.records import SUPERBLOCK, Superblock
+from ketch.format.records import SUPERBLOCK, SUPERBLOCK_SIZE, DirentRecord, Superblock
 from ketch.fs.check import check_image
+from ketch.fs.image_fs import ImageFS
+from ketch.fs.unpack import unpack
+from ketch.storage.chunk_reader import ChunkReader
 from tests.fixtures import ocilayout as ol
 from tests.fixtures.ketch import convert, image_fs, open_image
 
@@ -134,3 +138,37 @@ def test_errors_are_one_line(image_layout: Path) -> None:
         problems = verify_bootstrap(Bootstrap(bytes(data)))
         raise IntegrityError("; ".join(problems))
     assert "\n" not in str(info.value)
+
+
+def test_a_directory_looped_into_its_ancestor_is_refused_by_unpack(
+    image_layout: Path, tmp_path: Path
+) -> None:
+    # A hostile bootstrap, sealed as a converter would seal it (body and superblock
+    # digests right), whose /etc entry names the root: walking it would never end.
+    path = _bootstrap_path(image_layout)
+    data = bytearray(path.read_bytes())
+    bootstrap = Bootstrap(bytes(data))
+    sb = bootstrap.superblock
+    looped = False
+    for index in range(sb.dirent_count):
+        dirent = bootstrap.dirent(index)
+        start = sb.string_offset + dirent.name_offset
+        if bytes(data[start : start + dirent.name_size]) == b"etc":
+            offset = sb.dirent_offset + index * DirentRecord.size_of
+            data[offset : offset + DirentRecord.size_of] = DirentRecord(
+                dirent.name_offset, dirent.name_size, ROOT_INODE
+            ).pack()
+            looped = True
+    assert looped
+    algo = bootstrap.digest_algorithm
+    resealed = dataclasses.replace(sb, body_digest=algo.digest(bytes(data[SUPERBLOCK_SIZE:])))
+    head = resealed.pack()[:224]
+    data[:SUPERBLOCK_SIZE] = head + algo.digest(head)
+    loop = Bootstrap(bytes(data))  # opens: every table in bounds, both digests right
+    image = open_image(image_layout)
+    fs = ImageFS(loop, ChunkReader(image.store, algo))
+    with pytest.raises(IntegrityError) as raised:
+        unpack(fs, tmp_path / "out")
+    assert "\n" not in str(raised.value) and "ketch check lists them" in str(raised.value)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.ketch-")]

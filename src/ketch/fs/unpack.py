@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ketch.errors import IntegrityError, StorageError, UsageError
+from ketch.format.bootstrap_verify import verify_bootstrap
 from ketch.fs.image_fs import ROOT_INO, Attr, ImageFS
 
 _WRITE_BLOCK = 4 << 20
@@ -137,6 +138,13 @@ def unpack(fs: ImageFS, dest: Path, on_bytes: Callable[[int], None] = lambda _: 
     parent = dest.absolute().parent
     if not parent.is_dir():
         raise UsageError(f"{dest}: parent directory {parent} does not exist")
+    # The whole tree is about to be walked anyway: check it whole first (a hostile
+    # bootstrap could loop a directory into its own ancestor, or name a file twice), so
+    # that such an image gets a plain integrity error before anything is written.
+    problems = verify_bootstrap(fs.bootstrap)
+    if problems:
+        more = f" (and {len(problems) - 1} more; ketch check lists them)" if problems[1:] else ""
+        raise IntegrityError(f"{problems[0]}{more}")
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.ketch-", dir=parent))
     try:
         fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
