@@ -7,6 +7,7 @@ leave that process alone (they used to SIGKILL or SIGTERM it).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -90,3 +91,38 @@ def test_service_stop_leaves_a_process_with_the_dead_services_pid_alone(
     with pytest.raises(NotFoundError, match="no node service is running"):
         node_service.stop_service(timeout=0.5)
     assert bystander.poll() is None
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"pid": "123"},
+        {"pid": -5},
+        {"pid": 0},
+        {"started": 1.5},
+        {"mountpoint": 7},
+        {"unknown_field": 1},
+    ],
+)
+def test_a_damaged_mount_record_is_no_record(
+    tmp_path: Path, damage: dict[str, object], bystander: subprocess.Popen[bytes]
+) -> None:
+    mountpoint = tmp_path / "mnt"
+    fields: dict[str, object] = {
+        "mountpoint": str(mountpoint),
+        "pid": bystander.pid,
+        "image": "oci:/nowhere:t",
+        "manifest_digest": "sha256:" + "0" * 64,
+        "root_digest": "blake3:" + "0" * 64,
+        "api_sock": str(tmp_path / "api.sock"),
+        "log_file": str(tmp_path / "log"),
+        "started": 0,
+    }
+    path = record_path(mountpoint)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(fields))
+    assert read_record(mountpoint) is not None  # the sound record reads
+    path.write_text(json.dumps({**fields, **damage}))
+    assert read_record(mountpoint) is None
+    path.write_text("[1, 2]")
+    assert read_record(mountpoint) is None

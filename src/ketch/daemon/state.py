@@ -69,10 +69,26 @@ def write_record(record: MountRecord) -> None:
 
 def read_record(mountpoint: Path) -> MountRecord | None:
     try:
-        data = json.loads(record_path(mountpoint).read_text())
-        return MountRecord(**data)
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return _record(json.loads(record_path(mountpoint).read_text()))
+    except (OSError, ValueError):
         return None
+
+
+def _record(data: object) -> MountRecord | None:
+    """A record from its JSON, or None if it is not one (a damaged or foreign file)."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        record = MountRecord(**data)
+    except TypeError:
+        return None
+    fields = asdict(record)
+    numbers = ("pid", "started")
+    if not all(type(fields[name]) is int and fields[name] >= 0 for name in numbers):
+        return None
+    if not all(isinstance(value, str) for name, value in fields.items() if name not in numbers):
+        return None
+    return record if record.pid > 0 else None
 
 
 def remove_record(mountpoint: Path) -> None:
@@ -83,8 +99,10 @@ def remove_record(mountpoint: Path) -> None:
 def all_records() -> list[MountRecord]:
     out = []
     for path in sorted((state_dir() / "mounts").glob("*.json")):
-        with contextlib.suppress(json.JSONDecodeError, TypeError, OSError):
-            out.append(MountRecord(**json.loads(path.read_text())))
+        with contextlib.suppress(ValueError, OSError):
+            record = _record(json.loads(path.read_text()))
+            if record is not None:
+                out.append(record)
     return out
 
 
