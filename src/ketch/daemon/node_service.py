@@ -394,22 +394,27 @@ def _service_process() -> tuple[int, int | None] | None:
     return pid, started
 
 
-def service_pid() -> int | None:
-    """The live node service's pid, or None (a pid file left by a service that died names
-    no process, or another one that has the pid since: both are None)."""
+def _live_service() -> tuple[int, int | None] | None:
+    """The live node service's pid and start time, or None (a pid file left by a service
+    that died names no process, or another one that has the pid since: both are None)."""
     recorded = _service_process()
-    if recorded is None:
+    if recorded is None or not (pid_alive(*recorded) and service_socket().exists()):
         return None
-    pid, started = recorded
-    return pid if pid_alive(pid, started) and service_socket().exists() else None
+    return recorded
+
+
+def service_pid() -> int | None:
+    """The live node service's pid, or None."""
+    live = _live_service()
+    return live[0] if live is not None else None
 
 
 def stop_service(timeout: float = 10.0) -> int:
     """SIGTERM the node service and wait for it to go; its pid."""
-    recorded = _service_process()
-    pid = service_pid()
-    if pid is None or recorded is None:
+    live = _live_service()
+    if live is None:
         raise NotFoundError(f"{service_socket()}: no node service is running")
+    pid, started = live
     os.kill(pid, signal.SIGTERM)
-    wait_for_exit(pid, timeout, started=recorded[1])
+    wait_for_exit(pid, timeout, started=started)
     return pid

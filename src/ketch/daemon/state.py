@@ -168,14 +168,18 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
 
 
-def process_start(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (``/proc/PID/stat`` field 22): a pid
-    and its start time name one process, where a pid alone is reused once it exits."""
-    fields = _stat_fields(pid)
+def _start_time(fields: list[str] | None) -> int | None:
+    """Field 22 of ``/proc/PID/stat`` (``fields`` start at field 3)."""
     try:
         return int(fields[19]) if fields is not None else None
     except (IndexError, ValueError):
         return None
+
+
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/PID/stat`` field 22): a pid
+    and its start time name one process, where a pid alone is reused once it exits."""
+    return _start_time(_stat_fields(pid))
 
 
 def pid_alive(pid: int, started: int | None = None) -> bool:
@@ -188,9 +192,9 @@ def pid_alive(pid: int, started: int | None = None) -> bool:
     except PermissionError:
         return True
     fields = _stat_fields(pid)
-    if fields is None or not fields or fields[0] == "Z":
+    if not fields or fields[0] == "Z":
         return False
-    return started is None or process_start(pid) == started
+    return started is None or _start_time(fields) == started
 
 
 def _mountinfo(mountpoint: Path) -> list[str] | None:
