@@ -28,12 +28,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 try:
-    from scripts.foreground import serve_until_signal
+    from scripts.foreground import Started, serve_until_signal
 except ModuleNotFoundError:  # run as a file: its own directory is on sys.path
-    from foreground import serve_until_signal  # type: ignore[import-not-found,no-redef]
+    from foreground import Started, serve_until_signal  # type: ignore[import-not-found,no-redef]
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
@@ -53,8 +52,9 @@ def free_port(host: str = HOST) -> int:
         return port
 
 
-class S3Server:
-    """moto's standalone server as a child process, on ``host`` and a free port."""
+class S3Server(Started[str]):
+    """moto's standalone server as a child process, on ``host`` and a free port
+    (``with S3Server() as endpoint``)."""
 
     def __init__(self, host: str = HOST, port: int | None = None) -> None:
         self.host = host
@@ -137,18 +137,6 @@ class S3Server:
         if self._log is not None:
             self._log.unlink(missing_ok=True)
             self._log = None
-
-    def __enter__(self) -> S3Server:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
