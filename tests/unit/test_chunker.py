@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ketch.builder.chunker import DEFAULT_CHUNK_SIZE, make_chunker
-from ketch.cli.main import DEFAULT_CHUNK_SIZE as CLI_DEFAULT
+from ketch.cli.main import build_parser
 from ketch.errors import UsageError
 
 
@@ -56,4 +56,4 @@ def test_chunk_size_must_be_a_power_of_two_in_range(size: int) -> None:
 
 
 def test_cli_default_chunk_size_is_the_builders() -> None:
-    assert CLI_DEFAULT == DEFAULT_CHUNK_SIZE
+    assert build_parser().parse_args(["convert", "a", "b"]).chunk_size == DEFAULT_CHUNK_SIZE

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from ketch.config import Config, load_config, parse_config
+from ketch.cli.main import build_parser
+from ketch.cli.store_options import store_options
+from ketch.config import (
+    BuildSettings,
+    Config,
+    RegistryConfig,
+    bounds_of,
+    load_config,
+    parse_config,
+)
 from ketch.errors import UsageError
+from ketch.storage.s3_store import make_client
 
 EXAMPLE = Path(__file__).parents[2] / "docs" / "config.example.toml"
 
@@ -67,3 +78,36 @@ def test_load_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert load_config(path).cache.dir == "/srv/cache"
     monkeypatch.setenv("KETCH_CONFIG", str(path))
     assert load_config().cache.dir == "/srv/cache"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[registry]\ntimeout = -5\n", "registry.timeout: expected a number from 0.001 to 86400"),
+        ("[registry]\ntimeout = nan\n", "registry.timeout: expected a number"),
+        ("[registry]\ntimeout = inf\n", "registry.timeout: expected a number"),
+        ("[registry]\nconnect_timeout = 0\n", "registry.connect_timeout: expected"),
+        ("[registry]\nretries = -1\n", "registry.retries: expected an integer from 0 to 100"),
+        ("[registry]\nhealth_check_interval = -5\n", "registry.health_check_interval"),
+        ("[cache]\nsize = 'lots'\n", "cache.size: 'lots' is not a size"),
+    ],
+)
+def test_numbers_out_of_range_are_named(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_config(text, "test.toml")
+
+
+def test_every_number_has_a_range_that_holds_its_default() -> None:
+    for kind in (RegistryConfig, BuildSettings):
+        for spec in fields(kind):
+            if isinstance(spec.default, int | float) and not isinstance(spec.default, bool):
+                bounds_of(kind, spec.name).check(spec.default, f"{kind.__name__}.{spec.name}")
+
+
+def test_s3_region_reaches_the_client() -> None:
+    options = store_options(
+        build_parser().parse_args(["inspect", "s3://bucket/prefix:t"]),
+        parse_config("[s3]\nregion = 'eu-west-3'\n"),
+    )
+    assert options.region == "eu-west-3"
+    assert make_client("http://127.0.0.1:9", region=options.region).meta.region_name == "eu-west-3"

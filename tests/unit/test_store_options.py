@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from ketch.cli.main import build_parser
 from ketch.cli.store_options import store_options
 from ketch.config import parse_config
+from ketch.errors import UsageError
 from ketch.storage.open import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -69,3 +72,14 @@ def test_the_daemon_request_round_trips(tmp_path: Path) -> None:
         7.0,
         "http://s3",
     )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("read_timeout", -1), ("connect_timeout", float("nan")), ("retries", -3), ("retries", 2.5)],
+)
+def test_options_from_json_are_checked_against_their_ranges(key: str, value: float) -> None:
+    data = StoreOptions().to_json()
+    data[key] = value
+    with pytest.raises(UsageError, match=f"store options '{key}': expected"):
+        StoreOptions.from_json(data)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator
 
+from ketch.config import BUILD, BuildSettings, bounds_of
 from ketch.errors import UsageError
 
-MIN_CHUNK_SIZE = 4 << 10
-MAX_CHUNK_SIZE = 16 << 20
-DEFAULT_CHUNK_SIZE = 1 << 20
+MIN_CHUNK_SIZE = int(bounds_of(BuildSettings, "chunk_size").low)
+MAX_CHUNK_SIZE = int(bounds_of(BuildSettings, "chunk_size").high)
+DEFAULT_CHUNK_SIZE = BUILD.chunk_size
 Block = bytes | memoryview  # file data as read: views of decompressed blocks where possible
 
 

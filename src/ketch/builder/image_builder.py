@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import os
 import stat
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from ketch.builder.dir_source import directory_entries
 from ketch.builder.layer_builder import DataSource, LayerBlob, LayerBuilder, LayerResult
 from ketch.builder.progress import Progress
 from ketch.builder.tree import Node, Tree
+from ketch.config import BUILD, build_workers
 from ketch.errors import BadLayerError, UnsupportedError
 from ketch.format.bootstrap_writer import write_bootstrap
 from ketch.format.codecs import codec_by_name
@@ -41,13 +41,13 @@ from ketch.storage.store import ImageStore
 
 @dataclass(slots=True)
 class BuildOptions:
-    chunker: str = "fixed"
+    chunker: str = BUILD.chunker  # every default: ketch.config
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    compressor: str = "zstd"
+    compressor: str = BUILD.compressor
     compression_level: int | None = None
-    digest: str = "blake3"
+    digest: str = BUILD.digest
     source_date_epoch: int | None = None
-    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    workers: int = field(default_factory=lambda: build_workers(BUILD.workers))
     chunk_dicts: list[KetchImage] = field(default_factory=list)
     platform: Platform | None = None
     # Files to fetch first after a mount (an access trace, e.g. from `ketch status --json`),

@@ -12,6 +12,7 @@ from ketch.cli.image_commands import open_image
 from ketch.cli.progress import progress as make_progress
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size
+from ketch.config import build_workers
 from ketch.errors import UsageError
 from ketch.oci.manifest import Platform
 from ketch.storage.open import open_store_with
@@ -25,7 +26,7 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
         compression_level=args.compression_level,
         digest=args.digest,
         source_date_epoch=args.source_date_epoch,
-        workers=max(1, args.workers),
+        workers=build_workers(args.workers),
         chunk_dicts=[
             open_image(ref, store_options(args, args.config_values, "dest"))
             for ref in args.chunk_dict

@@ -11,49 +11,77 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from ketch import __version__
 from ketch.cli.store_options import add_store_options
-from ketch.cli.values import parse_command, parse_size
-from ketch.config import DEFAULT_CONFIG_PATH, Config, load_config
-from ketch.daemon.state import DEFAULT_CACHE_DIR
-from ketch.errors import KetchError, UsageError
+from ketch.cli.values import human_size, parse_command, parse_size, ranged
+from ketch.config import (
+    BUILD,
+    DEFAULT_CONFIG_PATH,
+    STATUS_FILES,
+    STATUS_FILES_BOUNDS,
+    BuildSettings,
+    CacheConfig,
+    Config,
+    bounds_of,
+    load_config,
+)
+from ketch.config import parse_size as config_size
+from ketch.errors import KetchError
 
-DEFAULT_CHUNK_SIZE = 1 << 20  # as ketch.builder.chunker, without importing the builder
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line and exit 2, as every other error of ours."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("ketch").strip()
+        self.exit(2, f"ketch: error: {command + ': ' if command else ''}{message}\n")
+
+
+def _source_date_epoch() -> int | None:
+    text = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(text) if text.isdigit() and int(text) < 2**63 else None
 
 
 def _add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--chunker",
         choices=("fixed", "cdc"),
-        default="fixed",
-        help="fixed-size chunks, or content-defined (FastCDC) (default: fixed)",
+        default=BUILD.chunker,
+        help=f"fixed-size chunks, or content-defined (FastCDC) (default: {BUILD.chunker})",
     )
     p.add_argument(
         "--chunk-size",
         type=parse_size,
-        default=DEFAULT_CHUNK_SIZE,
-        help="chunk size, a power of two from 4K to 16M (default: 1M)",
+        default=BUILD.chunk_size,
+        help=f"chunk size, a power of two from 4K to 16M (default: {human_size(BUILD.chunk_size)})",
     )
     p.add_argument(
         "--compressor",
         choices=("zstd", "lz4", "none"),
-        default="zstd",
-        help="chunk compressor (default: zstd)",
+        default=BUILD.compressor,
+        help=f"chunk compressor (default: {BUILD.compressor})",
     )
-    p.add_argument("--compression-level", type=int, default=None, help="zstd level (default: 3)")
+    level = bounds_of(BuildSettings, "compression_level")
+    p.add_argument(
+        "--compression-level",
+        type=ranged(level),
+        default=None,
+        metavar="N",
+        help=f"zstd level, {level.span()} (default: {BUILD.compression_level})",
+    )
     p.add_argument(
         "--digest",
         choices=("blake3", "sha256"),
-        default="blake3",
-        help="chunk and node digest (default: blake3)",
+        default=BUILD.digest,
+        help=f"chunk and node digest (default: {BUILD.digest})",
     )
     p.add_argument(
         "--source-date-epoch",
-        type=int,
-        default=int(os.environ["SOURCE_DATE_EPOCH"])
-        if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit()
-        else None,
+        type=ranged(bounds_of(BuildSettings, "source_date_epoch")),
+        default=_source_date_epoch(),
+        metavar="N",
         help="clamp every mtime to at most this time (default: $SOURCE_DATE_EPOCH)",
     )
     p.add_argument(
@@ -70,7 +98,13 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
         help="files to fetch first after a mount, one path per line (e.g. `ketch status MNT "
         "--paths` of a previous run), stored in the image's prefetch table",
     )
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="hash/compress threads")
+    p.add_argument(
+        "--workers",
+        type=ranged(bounds_of(BuildSettings, "workers")),
+        default=BUILD.workers,
+        metavar="N",
+        help="hash/compress threads (default: 0, one per CPU)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -79,7 +113,7 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
         "--cache-dir",
         type=Path,
         help="node-wide chunk cache shared by all mounts (default: [cache] dir, "
-        f"{DEFAULT_CACHE_DIR})",
+        f"{CacheConfig().dir})",
     )
     p.add_argument(
         "--cache-size",
@@ -101,10 +135,7 @@ def _apply_config(args: argparse.Namespace, config: Config) -> None:
     if hasattr(args, "cache_dir") and args.cache_dir is None:
         args.cache_dir = Path(config.cache.dir)
     if hasattr(args, "cache_size") and args.cache_size is None:
-        try:
-            args.cache_size = parse_size(config.cache.size)
-        except argparse.ArgumentTypeError as exc:
-            raise UsageError(f"configuration [cache] size: {exc}") from None
+        args.cache_size = config_size(config.cache.size, "configuration [cache] size")
     if hasattr(args, "prefetch_file") and args.prefetch_file is None and config.prefetch.file:
         args.prefetch_file = Path(config.prefetch.file)
 
@@ -113,7 +144,7 @@ def _apply_config(args: argparse.Namespace, config: Config) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ketch", description="Lazily-loaded, deduplicated, verifiable container images."
     )
     parser.add_argument("--version", action="version", version=f"ketch {__version__}")
@@ -191,7 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="what a live mount fetched and which files were read")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--files", type=int, default=20, metavar="N", help="show the first N files read")
+    p.add_argument(
+        "--files",
+        type=ranged(STATUS_FILES_BOUNDS),
+        default=STATUS_FILES,
+        metavar="N",
+        help=f"show the first N files read (default: {STATUS_FILES})",
+    )
     p.add_argument(
         "--paths", action="store_true", help="print only the paths read, in first-access order"
     )

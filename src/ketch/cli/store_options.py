@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ketch.config import Config, MirrorConfig
+from ketch.cli.values import ranged
+from ketch.config import Config, MirrorConfig, RegistryConfig, bounds_of
 from ketch.errors import UsageError
 from ketch.oci.reference import RegistryReference, parse_reference
 from ketch.storage.open import StoreOptions
@@ -43,8 +44,22 @@ def add_store_options(p: argparse.ArgumentParser, *, sides: tuple[str, ...] = ("
     group.add_argument(
         "--docker-config", type=Path, help="credentials file (default: ~/.docker/config.json)"
     )
-    group.add_argument("--timeout", type=float, help="connect and read timeout, seconds")
-    group.add_argument("--retries", type=int, help="retries on 429, 5xx and resets")
+    defaults = RegistryConfig()
+    timeout = bounds_of(RegistryConfig, "timeout")
+    retries = bounds_of(RegistryConfig, "retries")
+    group.add_argument(
+        "--timeout",
+        type=ranged(timeout),
+        metavar="SECONDS",
+        help=f"read timeout, {timeout.span()} (default: [registry] timeout, {defaults.timeout:g}; "
+        f"connect: at most {defaults.connect_timeout:g})",
+    )
+    group.add_argument(
+        "--retries",
+        type=ranged(retries),
+        metavar="N",
+        help=f"retries on 429, 5xx and resets, {retries.span()} (default: {defaults.retries})",
+    )
     group.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL, then AWS)")
     group.add_argument("--proxy", metavar="URL", help="HTTP proxy for registry traffic")
     group.add_argument(
@@ -54,11 +69,13 @@ def add_store_options(p: argparse.ArgumentParser, *, sides: tuple[str, ...] = ("
         help="registry mirror for blob reads, tried before the registry (repeatable; "
         "replaces the configuration's [[registry.mirrors]])",
     )
+    interval = bounds_of(RegistryConfig, "health_check_interval")
     group.add_argument(
         "--health-check-interval",
-        type=float,
+        type=ranged(interval),
         metavar="SECONDS",
-        help="how long a failed mirror is skipped before it is tried again",
+        help=f"how long a failed mirror is skipped before it is tried again, {interval.span()} "
+        f"(default: {defaults.health_check_interval:g})",
     )
 
 
@@ -77,10 +94,11 @@ def store_options(args: argparse.Namespace, config: Config, side: str = "") -> S
         tls_verify=registry.tls_verify if tls_verify is None else tls_verify,
         ca_file=args.ca_file or (Path(registry.ca_file) if registry.ca_file else None),
         docker_config=docker_config,
-        connect_timeout=min(timeout, 10.0),
+        connect_timeout=min(timeout, registry.connect_timeout),
         read_timeout=timeout,
         retries=args.retries if args.retries is not None else registry.retries,
         endpoint_url=args.endpoint_url or config.s3.endpoint_url or None,
+        region=config.s3.region or None,
         proxy=args.proxy or registry.proxy or None,
         mirrors=tuple(
             args.mirror
@@ -107,7 +125,7 @@ def _registry_host(args: argparse.Namespace, side: str) -> str | None:
     return ref.registry if isinstance(ref, RegistryReference) else None
 
 
-def _mirrors_for(mirrors: list[MirrorConfig], host: str | None) -> list[str]:
+def _mirrors_for(mirrors: tuple[MirrorConfig, ...], host: str | None) -> list[str]:
     """The configured mirror URLs for ``host``: those for "*" and those naming it."""
     if host is None:
         return []

@@ -4,18 +4,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
+from collections.abc import Callable
 
-_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)(i?B)?$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+from ketch.config import Bounds
+from ketch.config import parse_size as config_size
+from ketch.errors import UsageError
 
 
 def parse_size(text: str) -> int:
-    match = _SIZE.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1048576, 64K, 1M, 2GiB)")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
+    try:
+        return config_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message.removeprefix("size: ")) from None
+
+
+def ranged(bounds: Bounds) -> Callable[[str], float]:
+    """An argparse type: a number within ``bounds`` (an int if they say so)."""
+
+    def parse(text: str) -> float:
+        try:
+            value: float = int(text) if bounds.integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {bounds.describe()}, found {text!r}"
+            ) from None
+        try:
+            bounds.check(value, "value")
+        except UsageError:
+            raise argparse.ArgumentTypeError(
+                f"expected {bounds.describe()}, found {text!r}"
+            ) from None
+        return value
+
+    return parse
 
 
 def parse_command(text: str) -> list[str]:

@@ -13,10 +13,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ketch.config import CacheConfig
 from ketch.errors import StorageError
 
 DEFAULT_STATE_DIR = Path("/run/ketch")
-DEFAULT_CACHE_DIR = Path("/var/cache/ketch")
+DEFAULT_CACHE_DIR = Path(CacheConfig().dir)
 
 
 def state_dir() -> Path:

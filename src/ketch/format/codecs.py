@@ -14,6 +14,7 @@ from typing import ClassVar
 import lz4.block
 import zstandard
 
+from ketch.config import BUILD
 from ketch.errors import IntegrityError, UsageError
 
 
@@ -51,7 +52,7 @@ class NoneCodec(Codec):
 class ZstdCodec(Codec):
     codec_id = CodecId.ZSTD
 
-    def __init__(self, level: int = 3) -> None:
+    def __init__(self, level: int = BUILD.compression_level) -> None:
         self._level = level
         # zstandard contexts are not thread-safe: one per thread.
         self._local = threading.local()

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
+from ketch.config import RegistryConfig
 from ketch.errors import IntegrityError, KetchError, NotFoundError, UsageError
 from ketch.storage.registry_client import RangeIgnoredError, RegistryClient, RegistryOptions
 from ketch.storage.registry_store import RegistryStore
@@ -60,7 +61,7 @@ log = logging.getLogger("ketch.storage.mirrors")
 
 T = TypeVar("T")
 
-DEFAULT_HEALTH_CHECK_INTERVAL = 10.0
+DEFAULT_HEALTH_CHECK_INTERVAL = RegistryConfig().health_check_interval  # ketch.config
 #: a mirror that does not accept a connection within this many seconds has failed
 MIRROR_CONNECT_TIMEOUT = 5.0
 _BLOCK = 1 << 20

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ketch.config import RegistryConfig, bounds_of
 from ketch.errors import UnsupportedError, UsageError
 from ketch.oci.reference import (
     ImageReference,
@@ -18,11 +19,19 @@ from ketch.oci.reference import (
 if TYPE_CHECKING:
     from ketch.storage.store import ImageStore
 
-# As RegistryOptions' defaults; the registry modules (httpx) load only when used.
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_READ_TIMEOUT = 60.0
-DEFAULT_RETRIES = 4
-DEFAULT_HEALTH_CHECK_INTERVAL = 10.0  # as mirrored_store's
+_DEFAULTS = RegistryConfig()  # the one home of every default: ketch.config
+DEFAULT_CONNECT_TIMEOUT = _DEFAULTS.connect_timeout
+DEFAULT_READ_TIMEOUT = _DEFAULTS.timeout
+DEFAULT_RETRIES = _DEFAULTS.retries
+DEFAULT_HEALTH_CHECK_INTERVAL = _DEFAULTS.health_check_interval
+# StoreOptions' numbers, checked again when they arrive as JSON (from the node service's
+# clients): the setting each one comes from.
+_NUMBER_SETTINGS = {
+    "connect_timeout": "connect_timeout",
+    "read_timeout": "timeout",
+    "retries": "retries",
+    "health_check_interval": "health_check_interval",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +46,7 @@ class StoreOptions:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     retries: int = DEFAULT_RETRIES
     endpoint_url: str | None = None
+    region: str | None = None  # S3 region; None: boto3's own choice
     proxy: str | None = None  # HTTP proxy for registry traffic (origin and mirrors)
     mirrors: tuple[str, ...] = ()  # registry mirror URLs for blob reads, tried in order
     health_check_interval: float = DEFAULT_HEALTH_CHECK_INTERVAL  # a failed mirror rests
@@ -52,6 +62,7 @@ class StoreOptions:
             "read_timeout": self.read_timeout,
             "retries": self.retries,
             "endpoint_url": self.endpoint_url,
+            "region": self.region,
             "proxy": self.proxy,
             "mirrors": list(self.mirrors),
             "health_check_interval": self.health_check_interval,
@@ -73,6 +84,7 @@ class StoreOptions:
             value = data[key]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise UsageError(f"store options {key!r}: expected a number")
+            bounds_of(RegistryConfig, _NUMBER_SETTINGS[key]).check(value, f"store options {key!r}")
             return float(value)
 
         mirrors = data["mirrors"]
@@ -90,6 +102,7 @@ class StoreOptions:
             read_timeout=number("read_timeout"),
             retries=int(number("retries")),
             endpoint_url=text("endpoint_url"),
+            region=text("region"),
             proxy=text("proxy"),
             mirrors=tuple(mirrors),
             health_check_interval=number("health_check_interval"),
@@ -110,6 +123,7 @@ def open_store_with(
         read_timeout=options.read_timeout,
         retries=options.retries,
         endpoint_url=options.endpoint_url,
+        region=options.region,
         proxy=options.proxy,
         mirrors=options.mirrors,
         health_check_interval=options.health_check_interval,
@@ -128,6 +142,7 @@ def open_store(
     read_timeout: float = DEFAULT_READ_TIMEOUT,
     retries: int = DEFAULT_RETRIES,
     endpoint_url: str | None = None,
+    region: str | None = None,
     proxy: str | None = None,
     mirrors: tuple[str, ...] = (),
     health_check_interval: float = DEFAULT_HEALTH_CHECK_INTERVAL,
@@ -145,7 +160,8 @@ def open_store(
     (``MirroredRegistryStore``).
 
     For ``s3://BUCKET/PREFIX[:TAG]``, ``endpoint_url`` is the S3 endpoint (default
-    ``$AWS_ENDPOINT_URL``, else AWS); region and credentials are boto3's usual ones.
+    ``$AWS_ENDPOINT_URL``, else AWS), ``region`` the region (else boto3's usual one, as
+    for credentials).
     """
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     if isinstance(ref, OciLayoutReference):
@@ -200,6 +216,7 @@ def open_store(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_attempts=retries + 1,
+            region=region,
         )
         return s3, ref.tag
     raise UnsupportedError(

@@ -51,6 +51,7 @@ from typing import IO, Any
 
 import httpx
 
+from ketch.config import RegistryConfig
 from ketch.errors import IntegrityError, KetchError, NotFoundError, StorageError, UsageError
 from ketch.oci import mediatypes as mt
 from ketch.oci.index import choose_platform
@@ -91,9 +92,9 @@ class RegistryOptions:
     docker_config: Path | None = None  # a config.json; else $DOCKER_CONFIG or ~/.docker
     tls_verify: bool = True
     ca_file: Path | None = None  # trusted in addition to the system store
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0  # between two bytes of an answer, not the whole answer
-    retries: int = 4  # attempts after the first
+    connect_timeout: float = RegistryConfig().connect_timeout  # defaults: ketch.config
+    read_timeout: float = RegistryConfig().timeout  # between two bytes of an answer
+    retries: int = RegistryConfig().retries  # attempts after the first
     backoff: float = 0.5  # first wait; doubled each time, with jitter
     max_retry_wait: float = 30.0  # cap on any one wait, Retry-After included
     chunk_size: int = 16 << 20  # uploads above this size are chunked, in pieces of it

@@ -59,6 +59,7 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
+from ketch.config import RegistryConfig
 from ketch.errors import (
     IntegrityError,
     KetchError,
@@ -87,14 +88,15 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CopySourceTypeDef
 
+_REGISTRY = RegistryConfig()  # the defaults: timeouts and retries, as the registry's
 #: multipart uploads above this size, in parts of this size (S3's minimum part is 5 MiB)
 DEFAULT_PART_SIZE = 64 << 20
 MIN_PART_SIZE = 5 << 20
 #: botocore retries each request this many times in all ("standard" mode: backoff, and
 #: retries on throttling, 5xx and connection errors)
-MAX_ATTEMPTS = 5
-CONNECT_TIMEOUT = 10.0
-READ_TIMEOUT = 60.0
+MAX_ATTEMPTS = _REGISTRY.retries + 1
+CONNECT_TIMEOUT = _REGISTRY.connect_timeout
+READ_TIMEOUT = _REGISTRY.timeout
 MAX_CONNECTIONS = 32
 #: an index may name an index; stop at a sane depth
 #: a body that breaks off while it is read (after botocore's own retries are over) is
@@ -116,9 +118,10 @@ def make_client(
     connect_timeout: float = CONNECT_TIMEOUT,
     read_timeout: float = READ_TIMEOUT,
     max_attempts: int = MAX_ATTEMPTS,
+    region: str | None = None,
 ) -> S3Client:
     """An S3 client configured as the module docstring says; ``max_attempts`` counts
-    the first try."""
+    the first try; ``region`` (else boto3's own choice) is ``[s3] region``."""
     endpoint = (
         endpoint_url
         or os.environ.get("AWS_ENDPOINT_URL_S3")
@@ -135,7 +138,7 @@ def make_client(
     )
     try:
         session = boto3.session.Session()
-        return session.client("s3", endpoint_url=endpoint, config=config)
+        return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
     except (BotoCoreError, ValueError) as exc:
         raise StorageError(f"S3 endpoint {endpoint or '(AWS)'}: {exc}") from exc
 
@@ -178,6 +181,7 @@ class S3Store(ImageStore):
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
         max_attempts: int = MAX_ATTEMPTS,
+        region: str | None = None,
     ) -> S3Store:
         """The layout at ``s3://bucket/prefix``; ``create`` writes ``oci-layout`` and an
         empty ``index.json`` where they are missing (never the bucket). Without a
@@ -189,6 +193,7 @@ class S3Store(ImageStore):
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
                 max_attempts=max_attempts,
+                region=region,
             )
         store = cls(client, bucket, prefix, part_size=part_size)
         store._check_layout(create)
