@@ -9,7 +9,11 @@ that names the path or digest involved, and the exit code the CLI returns for it
     ├── IntegrityError              exit 4   a digest, magic, size or offset does not match
     ├── BadLayerError               exit 5   a hostile or broken source layer (tar, gzip)
     ├── UnsupportedError            exit 6   a valid input Ketch does not handle (yet)
-    └── StorageError                exit 7   reading or writing a backend failed
+    ├── StorageError                exit 7   reading or writing a backend failed
+    └── LocalFileError              exit 8   a local path cannot be created, read or written
+
+An ``OSError`` from a local path becomes a ``LocalFileError`` through ``local_file_error``,
+which names the path and the reason (the CLI does this for any it is handed).
 """
 
 from __future__ import annotations
@@ -63,6 +67,23 @@ class StorageError(KetchError):
     """A backend could not read or write."""
 
     exit_code = 7
+
+
+class LocalFileError(KetchError):
+    """A local path (destination, cache or layout directory) cannot be created, read or
+    written: no such directory, not a directory, permission denied, disk full."""
+
+    exit_code = 8
+
+
+def local_file_error(exc: OSError, path: object = None, doing: str = "") -> LocalFileError:
+    """``exc`` as one line naming ``path`` (else the path the error names) and the reason."""
+    named = path if path is not None else exc.filename
+    reason = exc.strerror or type(exc).__name__
+    if path is not None and exc.filename is not None and str(exc.filename) != str(path):
+        reason = f"{reason} ({exc.filename})"
+    prefix = f"{named}: " if named is not None else ""
+    return LocalFileError(f"{prefix}{doing + ': ' if doing else ''}{reason}")
 
 
 def integrity(what: str, expected: object, found: object) -> IntegrityError:

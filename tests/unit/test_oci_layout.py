@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from ketch.errors import IntegrityError, NotFoundError
 from ketch.oci import mediatypes as mt
-from ketch.oci.layout import OciLayout
+from ketch.oci.layout import TEMP_AREA, OciLayout
 from ketch.oci.manifest import Descriptor, Platform
+from ketch.process_identity import process_start, this_process
 from tests.fixtures import ocilayout as ol
 
 
@@ -68,3 +74,43 @@ def test_set_tag_replaces_only_that_tag_and_leaves_no_temporary_files(tmp_path: 
     assert layout.resolve_tag("x").digest == two
     assert layout.resolve_tag("y").digest == one
     assert not [p for p in (tmp_path / "l").rglob(".tmp-*")]
+
+
+def test_temporaries_live_in_the_layouts_temp_area(tmp_path: Path) -> None:
+    layout = OciLayout.create(tmp_path / "layout")
+    pid, started = this_process()
+    assert layout.temp_dir() == tmp_path / "layout" / TEMP_AREA / f"{pid}-{started}"
+    layout.write_blob(b"data")
+    assert [p.name for p in (tmp_path / "layout" / "blobs" / "sha256").iterdir()] == [
+        hashlib.sha256(b"data").hexdigest()
+    ]
+    assert list(layout.temp_dir().iterdir()) == []
+
+
+def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    layout = OciLayout.create(tmp_path / "layout")
+    area = tmp_path / "layout" / TEMP_AREA
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid(), open(f'/proc/{os.getpid()}/stat').read().rsplit(')', 1)[1].split()[19])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    dead = area / f"{gone[0]}-{gone[1]}"
+    (dead / "deep").mkdir(parents=True)
+    (dead / "deep" / ".tmp-spool-x").write_bytes(b"x" * 1000)
+    with subprocess.Popen(["sleep", "30"]) as sleeper:
+        live = area / f"{sleeper.pid}-{process_start(sleeper.pid)}"
+        live.mkdir()
+        reused = area / f"{sleeper.pid}-1"  # the pid, but another start time: gone
+        reused.mkdir()
+        other = area / "not-ours"
+        other.mkdir()
+        blobs = tmp_path / "layout" / "blobs" / "sha256"
+        old, fresh = blobs / ".tmp-spool-old", blobs / ".tmp-spool-fresh"
+        old.write_bytes(b"o")
+        fresh.write_bytes(b"f")
+        os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+        removed = layout.remove_stale_temporaries()
+        sleeper.kill()
+    assert sorted(removed) == sorted([dead, reused, old])
+    assert live.is_dir() and other.is_dir() and fresh.exists()
+    assert not dead.exists() and not reused.exists() and not old.exists()

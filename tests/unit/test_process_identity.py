@@ -19,13 +19,12 @@ from ketch.daemon import node_service
 from ketch.daemon.launcher import service_socket, unmount
 from ketch.daemon.state import (
     MountRecord,
-    pid_alive,
-    process_start,
     read_record,
     record_path,
     write_record,
 )
 from ketch.errors import NotFoundError
+from ketch.process_identity import pid_alive, process_start
 
 
 @pytest.fixture

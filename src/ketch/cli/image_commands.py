@@ -10,6 +10,7 @@ from typing import Any
 from ketch.cli.progress import progress as make_progress
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size, report
+from ketch.errors import local_file_error
 from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
 from ketch.fs.summary import entry_summary, image_summary
@@ -35,7 +36,10 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     total = image_summary(image)["bytes"]
     with make_progress(enabled=None if not args.json else False) as progress:
         task = progress.bytes_task("unpack", total)
-        files = unpack(fs, Path(args.dest), lambda n: progress.advance_task(task, n))
+        try:
+            files = unpack(fs, Path(args.dest), lambda n: progress.advance_task(task, n))
+        except OSError as exc:
+            raise local_file_error(exc, args.dest, "cannot unpack there") from None
     result = {
         "reference": image.name,
         "dest": args.dest,

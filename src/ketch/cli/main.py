@@ -28,7 +28,7 @@ from ketch.config import (
     load_config,
 )
 from ketch.config import parse_size as config_size
-from ketch.errors import KetchError
+from ketch.errors import KetchError, local_file_error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -292,8 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except OSError as exc:
-        print(f"ketch: error: {exc}", file=sys.stderr)
-        return 1
+        # Not raised as a KetchError where it happened: a local path, named with the reason.
+        error = local_file_error(exc)
+        print(f"ketch: error: {error.message}", file=sys.stderr)
+        return error.exit_code
     except Exception as exc:  # a bug: one line unless asked for the traceback
         if os.environ.get("KETCH_DEBUG"):
             traceback.print_exc()

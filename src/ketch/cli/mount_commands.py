@@ -13,7 +13,7 @@ from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size, report
 from ketch.daemon.launcher import service_socket, start_forked, start_via_service, unmount
 from ketch.daemon.node_service import daemon_request, requests_log_file
-from ketch.daemon.state import default_log_file, read_record
+from ketch.daemon.state import check_cache_dir, default_log_file, read_record
 from ketch.errors import NotFoundError, StorageError, UsageError
 
 
@@ -60,6 +60,7 @@ def _start_mount(args: argparse.Namespace, mountpoint: Path) -> int:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     mountpoint = Path(args.mountpoint).absolute()
+    check_cache_dir(args.cache_dir)
     if args.foreground:
         return _run_daemon(args, mountpoint)
     log_file = default_log_file(mountpoint)
@@ -129,6 +130,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from ketch.daemon.container_run import RunRequest, run_in_image  # noqa: PLC0415 - trio
 
+    check_cache_dir(args.cache_dir)
     command = list(args.command)
     request = RunRequest(
         image=args.image,

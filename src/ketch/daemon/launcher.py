@@ -28,12 +28,14 @@ from typing import Any, Protocol
 from ketch.daemon.state import (
     MountRecord,
     is_mounted,
-    pid_alive,
+    open_log,
     read_record,
     remove_record,
+    remove_socket,
     state_dir,
 )
 from ketch.errors import KetchError, NotFoundError, StorageError
+from ketch.process_identity import pid_alive
 
 READY = b"ready"
 
@@ -87,7 +89,7 @@ def start_forked(serve: Callable[[int], int], log_file: Path, timeout: float = 1
         try:
             os.close(read_end)
             os.setsid()
-            log = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            log = open_log(log_file)
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(log, 1)
@@ -261,6 +263,7 @@ def unmount(mountpoint: Path, timeout: float = 10.0) -> MountRecord | None:
     if record is not None:
         wait_for_exit(record.pid, timeout, started=record.started or None)
         remove_record(mountpoint)
+        remove_socket(Path(record.api_sock))  # a killed daemon could not
     return record
 
 

@@ -35,11 +35,12 @@ from ketch.daemon.launcher import service_socket, signal_ready, wait_for_exit
 from ketch.daemon.state import (
     claim_image_mount,
     default_log_file,
-    pid_alive,
-    process_start,
+    make_cache_dir,
+    open_log,
     state_dir,
 )
-from ketch.errors import KetchError, NotFoundError, UsageError
+from ketch.errors import KetchError, NotFoundError, UsageError, local_file_error
+from ketch.process_identity import pid_alive, process_start
 from ketch.storage.open import StoreOptions
 
 if TYPE_CHECKING:
@@ -176,10 +177,9 @@ def _parse_request(raw: bytes) -> _Request:
 
 def _log_to(log_file: Path) -> None:
     """Send this process's output (the daemon's log) to ``log_file``."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_log(log_file)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -215,12 +215,16 @@ def _run_image_daemon(request: _Request, ready_fd: int) -> int:
             return 0
         _log_to(default_log_file(mountpoint))
         image = open_ketch_image(
-            store, tag, cache_dir=request.cache_dir / "bootstraps", resolved=(descriptor, manifest)
+            store,
+            tag,
+            cache_dir=make_cache_dir(request.cache_dir) / "bootstraps",
+            resolved=(descriptor, manifest),
         )
-    except KetchError as exc:
-        log.error("mount failed image=%s error=%r", request.image, exc.message)
-        signal_ready(ready_fd, exc)
-        return exc.exit_code
+    except (KetchError, OSError) as exc:
+        error = exc if isinstance(exc, KetchError) else local_file_error(exc)
+        log.error("mount failed image=%s error=%r", request.image, error.message)
+        signal_ready(ready_fd, error)
+        return error.exit_code
     ready_info = {**info, "mountpoint": str(mountpoint), "started": True}
     return run_daemon(request.daemon_config(mountpoint, ready_fd, ready_info), image)
 

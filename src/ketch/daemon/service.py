@@ -35,15 +35,16 @@ from ketch.daemon.state import (
     default_api_sock,
     default_log_file,
     is_mounted,
+    make_cache_dir,
     mount_device,
-    process_start,
     read_record,
     remove_record,
     write_record,
 )
-from ketch.errors import KetchError, StorageError, UsageError
+from ketch.errors import KetchError, StorageError, UsageError, local_file_error
 from ketch.format.records import ChunkRecord
 from ketch.fs.image_fs import ImageFS
+from ketch.process_identity import process_start
 from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import DEFAULT_MAX_MERGE, ChunkReader
@@ -269,7 +270,8 @@ def run_daemon(config: DaemonConfig, opened: KetchImage | None = None) -> int:
         prefetch = _read_prefetch_list(config.prefetch_file)
         if opened is None:
             store, tag = open_store_with(config.image, config.store_options)
-            image = open_ketch_image(store, tag, cache_dir=config.cache_dir / "bootstraps")
+            cache_dir = make_cache_dir(config.cache_dir)
+            image = open_ketch_image(store, tag, cache_dir=cache_dir / "bootstraps")
         else:
             image = opened
         daemon = _Daemon(config, image)
@@ -297,12 +299,13 @@ def run_daemon(config: DaemonConfig, opened: KetchImage | None = None) -> int:
             pyfuse3.init(daemon.ops, str(config.mountpoint), options)
         except RuntimeError as exc:
             raise StorageError(f"{config.mountpoint}: FUSE mount failed: {exc}") from None
-    except KetchError as exc:
-        log.error("mount failed error=%r", exc.message)
+    except (KetchError, OSError) as exc:
+        error = exc if isinstance(exc, KetchError) else local_file_error(exc)
+        log.error("mount failed error=%r", error.message)
         if api is not None:
             api.stop()
-        signal_ready(ready_fd, exc)
-        return exc.exit_code
+        signal_ready(ready_fd, error)
+        return error.exit_code
     api.start()
     bootstrap = image.bootstrap
     write_record(

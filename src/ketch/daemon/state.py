@@ -8,16 +8,63 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ketch.config import CacheConfig
-from ketch.errors import StorageError
+from ketch.errors import LocalFileError, StorageError, local_file_error
+from ketch.process_identity import pid_alive
 
 DEFAULT_STATE_DIR = Path("/run/ketch")
 DEFAULT_CACHE_DIR = Path(CacheConfig().dir)
+
+
+CACHE_DIR_MODE = 0o700  # the daemon runs as root: others must not list cached chunk digests
+LOG_MODE = 0o600
+
+
+def check_cache_dir(path: Path) -> None:
+    """``path`` can be the chunk cache: a directory, or nothing yet."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise local_file_error(exc, path, "cannot use as the cache directory") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise LocalFileError(f"{path}: cannot use as the cache directory: not a directory")
+
+
+def make_cache_dir(path: Path) -> Path:
+    """The chunk cache directory, made (mode 0700) if missing; one this user owns that
+    others can read is closed to them (mode 0700)."""
+    check_cache_dir(path)
+    try:
+        path.mkdir(mode=CACHE_DIR_MODE, parents=True, exist_ok=True)
+        info = path.stat()
+        if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
+            path.chmod(CACHE_DIR_MODE)
+    except OSError as exc:
+        raise local_file_error(exc, path, "cannot use as the cache directory") from None
+    return path
+
+
+def open_log(log_file: Path) -> int:
+    """``log_file`` opened for appending (mode 0600: logs name paths and digests)."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+    os.fchmod(fd, LOG_MODE)
+    return fd
+
+
+def remove_socket(path: Path) -> None:
+    """Remove a daemon's control socket once the daemon is gone (a socket only)."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
 
 
 def state_dir() -> Path:
@@ -158,44 +205,6 @@ def claim_image_mount(manifest_digest: str, timeout: float = 120.0) -> tuple[Pat
         with contextlib.suppress(OSError):
             os.close(fd)
         raise
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/PID/stat`` after the command name: field 3 (state) onwards."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _start_time(fields: list[str] | None) -> int | None:
-    """Field 22 of ``/proc/PID/stat`` (``fields`` start at field 3)."""
-    try:
-        return int(fields[19]) if fields is not None else None
-    except (IndexError, ValueError):
-        return None
-
-
-def process_start(pid: int) -> int | None:
-    """When ``pid`` started, in clock ticks since boot (``/proc/PID/stat`` field 22): a pid
-    and its start time name one process, where a pid alone is reused once it exits."""
-    return _start_time(_stat_fields(pid))
-
-
-def pid_alive(pid: int, started: int | None = None) -> bool:
-    """``pid`` runs (a zombie, exited and not yet reaped, does not); with ``started``,
-    it must also be the process that started then, not a later one given the same pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    fields = _stat_fields(pid)
-    if not fields or fields[0] == "Z":
-        return False
-    return started is None or _start_time(fields) == started
 
 
 def _mountinfo(mountpoint: Path) -> list[str] | None:

@@ -1,22 +1,33 @@
 """OCI image layout directories (image-spec ``image-layout.md``), read and written safely.
 
-Writes are atomic: a blob is written to a temporary file beside its final place and
-renamed once its digest is known; ``index.json`` is replaced last, by rename. A reader
-never sees a half-written blob under its digest, or a tag pointing at missing blobs.
+Writes are atomic: a blob is written to a temporary file and renamed into
+``blobs/sha256`` once its digest is known; ``index.json`` is replaced last, by rename. A
+reader never sees a half-written blob under its digest, or a tag pointing at missing blobs.
+
+Temporary files live in the layout's own temporary area, one directory per writing
+process: ``ROOT/.ketch-tmp/PID-START`` (``ketch.process_identity``: the pid and its start
+time), on the layout's filesystem so that a rename publishes them. A writer killed at
+any moment leaves only its directory there; the next writer removes every directory whose
+process is gone (and the ``.tmp-*`` files older versions left beside the blobs, once a day
+old). umoci keeps its ``.umoci-*`` temporaries in the layout root the same way; readers
+(skopeo, umoci) read ``index.json`` and ``blobs`` only.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
 import re
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ketch.errors import IntegrityError, NotFoundError, StorageError
+from ketch.errors import IntegrityError, NotFoundError, StorageError, local_file_error
 from ketch.oci import mediatypes as mt
 from ketch.oci.index import empty_index, find_tag, follow_to_manifest, index_with_tag, tag_names
 from ketch.oci.manifest import (
@@ -27,8 +38,12 @@ from ketch.oci.manifest import (
     load_json,
     parse_index,
 )
+from ketch.process_identity import pid_alive, this_process
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+TEMP_AREA = ".ketch-tmp"  # ROOT/.ketch-tmp/PID-START: one writing process's temporaries
+_OWNER = re.compile(r"^([1-9][0-9]{0,9})-([0-9]{1,20})$")
+_LEGACY_TEMP_AGE = 24 * 3600.0  # seconds: .tmp-* files of older versions, beside the blobs
 
 
 def digest_hex(digest: str) -> str:
@@ -38,9 +53,19 @@ def digest_hex(digest: str) -> str:
     return match.group(1)
 
 
+_MADE: set[tuple[int, Path]] = set()  # the temporary directories this process made
+
+
+def _remove_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
+        path.parent.rmdir()
+
+
 class OciLayout:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._temp: tuple[int, Path] | None = None  # (pid, directory) once made
 
     @classmethod
     def open(cls, root: Path) -> OciLayout:
@@ -55,14 +80,70 @@ class OciLayout:
             return cls(root)
         if root.exists() and not root.is_dir():
             raise StorageError(f"{root}: exists and is not a directory")
-        (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-        layout = cls(root)
-        layout._replace(
-            root / "oci-layout", canonical_json({"imageLayoutVersion": mt.OCI_LAYOUT_VERSION})
-        )
-        if not (root / "index.json").exists():
-            layout._write_index([])
+        try:
+            (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+            layout = cls(root)
+            layout._replace(
+                root / "oci-layout",
+                canonical_json({"imageLayoutVersion": mt.OCI_LAYOUT_VERSION}),
+            )
+            if not (root / "index.json").exists():
+                layout._write_index([])
+        except OSError as exc:
+            raise local_file_error(exc, root, "cannot create an OCI layout") from None
         return layout
+
+    # -- the temporary area -------------------------------------------------------------
+
+    def temp_dir(self) -> Path:
+        """This process's temporary directory in the layout, made on first use (after
+        removing those of processes that are gone)."""
+        pid, started = this_process()
+        if self._temp is not None and self._temp[0] == pid:  # a fork makes its own
+            return self._temp[1]
+        self.remove_stale_temporaries()
+        path = self.root / TEMP_AREA / f"{pid}-{started}"
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise local_file_error(exc, path, "cannot make a temporary directory") from None
+        self._temp = (pid, path)
+        if (pid, path) not in _MADE:
+            # Removed at exit if empty (a writer that fails or is killed leaves its files
+            # for the next writer to remove).
+            _MADE.add((pid, path))
+            atexit.register(_remove_empty, path)
+        return path
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Remove what killed writers left: the temporary directories of processes that
+        are gone, and older versions' ``.tmp-*`` files untouched for a day. What was
+        removed (a writer that is alive keeps its own)."""
+        removed: list[Path] = []
+        area = self.root / TEMP_AREA
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for entry in os.scandir(area):
+                match = _OWNER.match(entry.name)
+                if match is None or pid_alive(int(match.group(1)), int(match.group(2)) or None):
+                    continue
+                path = Path(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+        cutoff = time.time() - _LEGACY_TEMP_AGE
+        for directory in (self.root, self.root / "blobs" / "sha256"):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for entry in os.scandir(directory):
+                    if not entry.name.startswith(".tmp-") or not entry.is_file(
+                        follow_symlinks=False
+                    ):
+                        continue
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        Path(entry.path).unlink(missing_ok=True)
+                        removed.append(Path(entry.path))
+        return removed
 
     # -- blobs ------------------------------------------------------------------------
 
@@ -107,9 +188,8 @@ class OciLayout:
     def blob_writer(self) -> Iterator[tuple[IO[bytes], list[str]]]:
         """A temporary file to write a blob into; the caller appends the blob's digest to
         the list it is given, and the file is renamed into place only then."""
-        directory = self.root / "blobs" / "sha256"
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self.temp_dir())
         digest_out: list[str] = []
         try:
             with os.fdopen(fd, "w+b") as f:
@@ -169,9 +249,8 @@ class OciLayout:
     def _write_index(self, manifests: list[Any]) -> None:
         self._replace(self.root / "index.json", empty_index(manifests))
 
-    @staticmethod
-    def _replace(path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    def _replace(self, path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + "-", dir=self.temp_dir())
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -61,9 +61,8 @@ class OciLayoutStore(ImageStore):
         return self.layout.manifest(tag, platform)
 
     def scratch_dir(self) -> Path:
-        path = self.layout.root / "blobs" / "sha256"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        """The layout's temporary area for this process (``OciLayout.temp_dir``)."""
+        return self.layout.temp_dir()
 
     def push_blob_file(self, path: Path, digest: str) -> None:
         if self.layout.has_blob(digest):
