@@ -148,6 +148,16 @@ class BuildSettings:
 
 
 BUILD = BuildSettings()
+
+
+def check_chunk_size(size: int) -> int:
+    """``size`` if it is a power of two within ``BuildSettings.chunk_size``'s range."""
+    bounds = bounds_of(BuildSettings, "chunk_size")
+    if not bounds.low <= size <= bounds.high or size & (size - 1):
+        raise UsageError(f"chunk size {size}: expected a power of two from 4 KiB to 16 MiB")
+    return size
+
+
 STATUS_FILES = 20  # `ketch status` shows the first N files read
 STATUS_FILES_BOUNDS = Bounds(0, 1 << 31, integer=True)
 

@@ -28,6 +28,8 @@ def small_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("--workers", "-3"),
         ("--health-check-interval", "-5"),
         ("--source-date-epoch", "-1"),
+        ("--chunk-size", "3"),
+        ("--chunk-size", "99G"),
     ],
 )
 def test_a_number_out_of_range_is_a_usage_error(

@@ -9,19 +9,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator
 
-from ketch.config import BUILD, BuildSettings, bounds_of
+from ketch.config import BUILD, BuildSettings, bounds_of, check_chunk_size
 from ketch.errors import UsageError
 
-MIN_CHUNK_SIZE = int(bounds_of(BuildSettings, "chunk_size").low)
-MAX_CHUNK_SIZE = int(bounds_of(BuildSettings, "chunk_size").high)
 DEFAULT_CHUNK_SIZE = BUILD.chunk_size
+MAX_CHUNK_SIZE = int(bounds_of(BuildSettings, "chunk_size").high)
 Block = bytes | memoryview  # file data as read: views of decompressed blocks where possible
-
-
-def check_chunk_size(size: int) -> int:
-    if size < MIN_CHUNK_SIZE or size > MAX_CHUNK_SIZE or size & (size - 1):
-        raise UsageError(f"chunk size {size}: expected a power of two from 4 KiB to 16 MiB")
-    return size
 
 
 class Chunker(abc.ABC):

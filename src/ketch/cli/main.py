@@ -15,7 +15,7 @@ from typing import NoReturn
 
 from ketch import __version__
 from ketch.cli.store_options import add_store_options
-from ketch.cli.values import human_size, parse_command, parse_size, ranged
+from ketch.cli.values import chunk_size, human_size, parse_command, parse_size, ranged
 from ketch.config import (
     BUILD,
     DEFAULT_CONFIG_PATH,
@@ -53,7 +53,7 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--chunk-size",
-        type=parse_size,
+        type=chunk_size,
         default=BUILD.chunk_size,
         help=f"chunk size, a power of two from 4K to 16M (default: {human_size(BUILD.chunk_size)})",
     )

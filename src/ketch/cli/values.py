@@ -7,7 +7,7 @@ import json
 import shlex
 from collections.abc import Callable
 
-from ketch.config import Bounds
+from ketch.config import Bounds, check_chunk_size
 from ketch.config import parse_size as config_size
 from ketch.errors import UsageError
 
@@ -17,6 +17,14 @@ def parse_size(text: str) -> int:
         return config_size(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(exc.message.removeprefix("size: ")) from None
+
+
+def chunk_size(text: str) -> int:
+    """An argparse type: a size that is a valid chunk size."""
+    try:
+        return check_chunk_size(parse_size(text))
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def ranged(bounds: Bounds) -> Callable[[str], float]:
