@@ -15,12 +15,10 @@ old). umoci keeps its ``.umoci-*`` temporaries in the layout root the same way; 
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,11 +36,10 @@ from ketch.oci.manifest import (
     load_json,
     parse_index,
 )
-from ketch.process_identity import pid_alive, this_process
+from ketch.temp_area import TempArea
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 TEMP_AREA = ".ketch-tmp"  # ROOT/.ketch-tmp/PID-START: one writing process's temporaries
-_OWNER = re.compile(r"^([1-9][0-9]{0,9})-([0-9]{1,20})$")
 _LEGACY_TEMP_AGE = 24 * 3600.0  # seconds: .tmp-* files of older versions, beside the blobs
 
 
@@ -53,19 +50,11 @@ def digest_hex(digest: str) -> str:
     return match.group(1)
 
 
-_MADE: set[tuple[int, Path]] = set()  # the temporary directories this process made
-
-
-def _remove_empty(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.rmdir()
-        path.parent.rmdir()
-
-
 class OciLayout:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._temp: tuple[int, Path] | None = None  # (pid, directory) once made
+        self._temp_area = TempArea(root / TEMP_AREA)
+        self._swept = False
 
     @classmethod
     def open(cls, root: Path) -> OciLayout:
@@ -96,42 +85,18 @@ class OciLayout:
     # -- the temporary area -------------------------------------------------------------
 
     def temp_dir(self) -> Path:
-        """This process's temporary directory in the layout, made on first use (after
-        removing those of processes that are gone)."""
-        pid, started = this_process()
-        if self._temp is not None and self._temp[0] == pid:  # a fork makes its own
-            return self._temp[1]
-        self.remove_stale_temporaries()
-        path = self.root / TEMP_AREA / f"{pid}-{started}"
-        try:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise local_file_error(exc, path, "cannot make a temporary directory") from None
-        self._temp = (pid, path)
-        if (pid, path) not in _MADE:
-            # Removed at exit if empty (a writer that fails or is killed leaves its files
-            # for the next writer to remove).
-            _MADE.add((pid, path))
-            atexit.register(_remove_empty, path)
-        return path
+        """This process's temporary directory in the layout (``ketch.temp_area``); the
+        first call removes what killed writers left."""
+        if not self._swept:
+            self.remove_stale_temporaries()
+            self._swept = True
+        return self._temp_area.own_dir()
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Remove what killed writers left: the temporary directories of processes that
         are gone, and older versions' ``.tmp-*`` files untouched for a day. What was
         removed (a writer that is alive keeps its own)."""
-        removed: list[Path] = []
-        area = self.root / TEMP_AREA
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            for entry in os.scandir(area):
-                match = _OWNER.match(entry.name)
-                if match is None or pid_alive(int(match.group(1)), int(match.group(2)) or None):
-                    continue
-                path = Path(entry.path)
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-                removed.append(path)
+        removed = self._temp_area.remove_stale()
         cutoff = time.time() - _LEGACY_TEMP_AGE
         for directory in (self.root, self.root / "blobs" / "sha256"):
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):

@@ -23,6 +23,7 @@ from ketch.errors import IntegrityError, NotFoundError
 from ketch.oci.manifest import Descriptor, Manifest, Platform, load_json
 from ketch.storage.registry_client import RegistryClient
 from ketch.storage.store import ImageStore
+from ketch.temp_area import local_spool_area
 
 
 class RegistryStore(ImageStore):
@@ -115,7 +116,7 @@ class RegistryStore(ImageStore):
     def scratch_dir(self) -> Path:
         """A private temporary directory, removed when the store is closed or collected."""
         if self._scratch is None:
-            path = tempfile.mkdtemp(prefix="ketch-registry-")
+            path = tempfile.mkdtemp(prefix="registry-", dir=local_spool_area().own_dir())
             self._scratch = Path(path)
             self._scratch_cleanup = weakref.finalize(self, _remove_tree, path)
         return self._scratch

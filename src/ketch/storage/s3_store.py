@@ -81,6 +81,7 @@ from ketch.oci.manifest import (
     parse_index,
 )
 from ketch.storage.store import ImageStore
+from ketch.temp_area import local_spool_area
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -397,7 +398,7 @@ class S3Store(ImageStore):
     def scratch_dir(self) -> Path:
         """A local temporary directory (removed with the store): S3 has nowhere to spool."""
         if self._scratch is None:
-            path = Path(tempfile.mkdtemp(prefix="ketch-s3-scratch-"))
+            path = Path(tempfile.mkdtemp(prefix="s3-", dir=local_spool_area().own_dir()))
             weakref.finalize(self, shutil.rmtree, path, True)
             self._scratch = path
         return self._scratch
