@@ -6,7 +6,7 @@ share). A writer killed at any moment leaves only that subdirectory; the next wr
 that opens the area removes every subdirectory whose process is gone, and an empty one
 of its own at exit. Two areas are used: an OCI layout's ``.ketch-tmp`` (on the layout's
 filesystem, so a rename publishes a blob) and ``$TMPDIR/ketch-tmp`` for stores that
-spool locally before they upload (registry, S3).
+spool locally before they upload (registry, S3), ``$TMPDIR/ketch-tmp-UID``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
-from ketch.errors import local_file_error
+from ketch.errors import LocalFileError, local_file_error
 from ketch.process_identity import pid_alive, this_process
 
 _OWNER = re.compile(r"^([1-9][0-9]{0,9})-([0-9]{1,20})$")
@@ -33,8 +34,27 @@ def _remove_empty(path: Path) -> None:
 
 
 class TempArea:
-    def __init__(self, root: Path) -> None:
+    """``root`` must be a real directory (a symlink there is refused: temporaries are never
+    written, nor removed, outside it); with ``private``, one of this user's, mode 0700, as
+    a shared directory such as /tmp requires."""
+
+    def __init__(self, root: Path, *, private: bool = False) -> None:
         self.root = root
+        self.private = private
+
+    def _check_root(self) -> None:
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = self.root.lstat()
+        except OSError as exc:
+            raise local_file_error(exc, self.root, "cannot make a temporary area") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise LocalFileError(f"{self.root}: temporary area: expected a directory")
+        if self.private and (info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & 0o077):
+            raise LocalFileError(
+                f"{self.root}: temporary area: expected a directory of uid {os.geteuid()} "
+                f"with mode 0700, found uid {info.st_uid} mode {stat.S_IMODE(info.st_mode):o}"
+            )
 
     def own_dir(self) -> Path:
         """This process's directory (mode 0700), made on first use after the
@@ -43,6 +63,7 @@ class TempArea:
         path = self.root / f"{pid}-{started}"
         if (pid, path) in _MADE and path.is_dir():
             return path
+        self._check_root()
         self.remove_stale()
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -59,6 +80,9 @@ class TempArea:
         """Remove the directories of processes that are gone; what was removed. Entries
         not named PID-START are not ours and stay."""
         removed: list[Path] = []
+        with contextlib.suppress(OSError):
+            if not stat.S_ISDIR(self.root.lstat().st_mode):
+                return removed  # not ours to walk
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for entry in os.scandir(self.root):
                 match = _OWNER.match(entry.name)
@@ -74,5 +98,6 @@ class TempArea:
 
 
 def local_spool_area() -> TempArea:
-    """Where stores without a local home (registry, S3) spool: ``$TMPDIR/ketch-tmp``."""
-    return TempArea(Path(tempfile.gettempdir()) / "ketch-tmp")
+    """Where stores without a local home (registry, S3) spool: ``$TMPDIR/ketch-tmp-UID``,
+    this user's own (mode 0700)."""
+    return TempArea(Path(tempfile.gettempdir()) / f"ketch-tmp-{os.geteuid()}", private=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ketch.errors import LocalFileError
 from ketch.process_identity import this_process
 from ketch.storage.registry_client import RegistryClient, RegistryOptions
 from ketch.storage.registry_store import RegistryStore
@@ -49,12 +51,32 @@ def test_registry_spools_go_to_the_node_temp_area(
     # Registry and S3 destinations spool under $TMPDIR/ketch-tmp/PID-START: a convert
     # killed there leaves files the next one removes.
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    dead = tmp_path / "ketch-tmp" / _gone_process()
+    area = tmp_path / f"ketch-tmp-{os.geteuid()}"
+    area.mkdir(mode=0o700)
+    dead = area / _gone_process()
     (dead / "registry-x").mkdir(parents=True)
     store = RegistryStore(RegistryClient("127.0.0.1:1", RegistryOptions()), "repo")
     scratch = store.scratch_dir()
     pid, started = this_process()
-    assert scratch.parent == tmp_path / "ketch-tmp" / f"{pid}-{started}"
+    assert scratch.parent == tmp_path / f"ketch-tmp-{os.geteuid()}" / f"{pid}-{started}"
     assert not dead.exists()
     store.close()
     assert not scratch.exists()
+
+
+def test_a_symlinked_area_is_refused_and_never_walked(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    victim = elsewhere / _gone_process()
+    victim.mkdir(parents=True)
+    (tmp_path / "area").symlink_to(elsewhere)
+    with pytest.raises(LocalFileError, match="temporary area: expected a directory"):
+        TempArea(tmp_path / "area").own_dir()
+    assert TempArea(tmp_path / "area").remove_stale() == []
+    assert victim.is_dir()
+
+
+def test_a_shared_area_must_be_private(tmp_path: Path) -> None:
+    (tmp_path / "shared").mkdir(mode=0o777)
+    (tmp_path / "shared").chmod(0o777)
+    with pytest.raises(LocalFileError, match="with mode 0700"):
+        TempArea(tmp_path / "shared", private=True).own_dir()

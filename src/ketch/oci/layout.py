@@ -25,7 +25,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ketch.errors import IntegrityError, NotFoundError, StorageError, local_file_error
+from ketch.errors import (
+    IntegrityError,
+    LocalFileError,
+    NotFoundError,
+    StorageError,
+    local_file_error,
+)
 from ketch.oci import mediatypes as mt
 from ketch.oci.index import empty_index, find_tag, follow_to_manifest, index_with_tag, tag_names
 from ketch.oci.manifest import (
@@ -68,7 +74,7 @@ class OciLayout:
         if (root / "oci-layout").is_file() and (root / "index.json").is_file():
             return cls(root)
         if root.exists() and not root.is_dir():
-            raise StorageError(f"{root}: exists and is not a directory")
+            raise LocalFileError(f"{root}: cannot create an OCI layout: not a directory")
         try:
             (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
             layout = cls(root)
