@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import statistics
 import subprocess
 import sys
@@ -43,11 +42,12 @@ from isal import igzip
 
 from bench.context import REPO, Context, log, oci, remove, run_ketch
 from bench.report import Benchmark, mb_per_s, mib, plural, ratio, table
+from ketch.config import BUILD, build_workers
 from ketch.storage.open import open_store
 
 IMAGE = "py2"
 PIECE = 1 << 20
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = BUILD.compression_level
 TARGET = 1.5
 _IN_FLIGHT = 64  # pieces queued on the pool at most (Ketch bounds 64 MiB in flight)
 _local = threading.local()
@@ -203,7 +203,7 @@ def _layer_paths(corpus: Path) -> tuple[list[Path], int]:
 
 def run(ctx: Context) -> dict[str, Any]:
     repeats = ctx.repeats(3, 1)
-    workers = os.cpu_count() or 2  # what `ketch convert --workers` defaults to
+    workers = build_workers(BUILD.workers)  # what `ketch convert --workers` defaults to
     layers, compressed = _layer_paths(ctx.corpus)
     for path in layers:  # warm the page cache, so that no run pays for the first read
         with path.open("rb") as f:
