@@ -139,27 +139,37 @@ class ChunkReader:
         start = group[0].compressed_offset
         end = group[-1].compressed_offset + group[-1].compressed_size
         verified: list[bytes | IntegrityError] = []
+        failed: list[bytes] = []  # the last source's bytes, if a chunk of them failed
+
+        def check(data: bytes | memoryview, chunk: ChunkRecord) -> bytes:
+            compressed = memoryview(data)[chunk.compressed_offset - start :]
+            return self.verify(blob, chunk, compressed[: chunk.compressed_size])
 
         def verify_group(data: bytes) -> None:
-            # Called once per source the store tries; the last call counts. A failed
-            # chunk raises, so that a store with mirrors tries the next source.
-            view = memoryview(data)
+            # Called once per source the store tries; the last call counts. The first
+            # bad chunk raises at once, so that a store with mirrors tries the next
+            # source without checking the rest of bytes it will not use.
             verified[:] = []
+            failed[:] = []
             for chunk in group:
-                compressed = view[chunk.compressed_offset - start :][: chunk.compressed_size]
                 try:
-                    verified.append(self.verify(blob, chunk, compressed))
+                    verified.append(check(data, chunk))
                 except IntegrityError as exc:
                     verified.append(exc)
-            for result in verified:
-                if isinstance(result, IntegrityError):
-                    raise result
+                    failed.append(data)
+                    raise
 
         try:
             self.store.read_range_verified(blob, start, end - start, verify_group)
         except IntegrityError:
-            if len(verified) != len(group):
-                raise
+            if not failed:
+                raise  # the store's own check failed (a short range): no bytes to judge
+            # The last source's bytes failed at one chunk: judge the rest of them too.
+            for chunk in group[len(verified) :]:
+                try:
+                    verified.append(check(failed[0], chunk))
+                except IntegrityError as exc:
+                    verified.append(exc)
         return verified
 
 
