@@ -25,7 +25,9 @@ the whole blob and ends the read. Nothing here raises past ``read`` except the e
 of the flights it waits on.
 
 Deadlock freedom: a thread resolves every flight it leads before it waits on anyone
-else's, and a leader never waits, so no cycle of waiting threads can form.
+else's, and a leader never waits, so no cycle of waiting threads can form. (Reading a
+bad chunk again is part of the leader's own fetch: it waits on the store, never on a
+flight.)
 
 Memory: nothing is kept after ``read`` returns; a flight holds its bytes only until its
 waiters have them and the cache has them.
