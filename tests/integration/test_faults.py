@@ -129,7 +129,7 @@ def test_a_whole_image_read_through_random_faults_is_exact(
         metrics = _status(mountpoint)  # the daemon is alive and answers
         injected = dict(proxy.injected)
     print(f"injected: {injected}")
-    assert sum(injected.values()) > 10, f"seed {seed}: too few faults to mean anything"
+    assert sum(injected.values()) >= 5, f"seed {seed}: too few faults to mean anything"
     expected: dict[str, int] = {}
     for kind, count in injected.items():
         if kind in CAUSES:
