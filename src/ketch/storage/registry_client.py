@@ -27,7 +27,8 @@ retried ``retries`` times by the one policy of ``retry.py`` (exponential backoff
 jitter, ``Retry-After`` honoured up to ``max_retry_wait``), for every kind of request:
 ping, token, manifest and tag reads, blob reads whole, ranged or streamed (a stream
 resumes with ``Range``), tags, referrers and uploads (an upload restarts from a new
-session). Then ``StorageError``; ``fault_stats()`` counts what was met, by cause. 404 is ``NotFoundError``,
+session). Then ``StorageError``; ``fault_stats()`` counts what was met, by cause.
+404 is ``NotFoundError``,
 401/403 ``UsageError`` (with a hint), digest mismatches ``IntegrityError``; a
 registry that answers a large ``Range`` read with the whole blob is ``RangeIgnoredError``
 (a ``StorageError``: a cold pull-through cache does that until it has stored the blob).
