@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -207,3 +208,48 @@ def test_a_corrupt_chunk_fails_only_its_files_and_the_daemon_serves_on(
     metrics = _status(mountpoint)
     assert metrics["ketch_chunk_verify_failures_total"] >= 1
     assert metrics["ketch_read_errors_total"] >= 1
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real filesystem of 1 MiB (tmpfs): a chunk cache there fills at once."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_cache_disk_is_counted_logged_and_the_daemon_serves_on(
+    ketch_layout_py1: Path,
+    corpus_oci: Path,
+    umoci_unpacked: Callable[[Path, str], Path],
+    tmp_path: Path,
+    small_disk: Path,
+    state_dir: Path,
+) -> None:
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    started = time.monotonic()
+    ketch("mount", f"oci:{ketch_layout_py1}:{TAG}", str(mountpoint), "--cache-dir", str(small_disk))
+    differences = compare_trees(umoci_unpacked(corpus_oci, TAG), mountpoint)
+    assert differences == [], "\n".join(map(str, differences[:20]))
+    metrics = _status(mountpoint)
+    assert metrics["ketch_cache_no_space_total"] > 0
+    assert metrics["ketch_cache_store_errors_total"] == metrics["ketch_cache_no_space_total"]
+    assert metrics["ketch_read_errors_total"] == 0
+    record = json.loads(next((state_dir / "mounts").glob("*.json")).read_text())
+    log = Path(record["log_file"]).read_text()
+    # Logged once a minute at most, each line with the count since the last.
+    minutes = (time.monotonic() - started) / 60
+    assert 1 <= log.count("chunk cache full") <= 1 + minutes
+    assert "bootstrap not cached, kept in memory" in log
+
+
+@pytest.fixture(scope="module")
+def ketch_layout_py1(corpus_oci: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    layout = tmp_path_factory.mktemp("ketch-py1")
+    ketch("convert", f"oci:{corpus_oci}:{TAG}", f"oci:{layout}:{TAG}")
+    return layout
