@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ketch.format.digests import DigestAlgorithm
 from tests.fixtures.registry import (  # noqa: F401 (fixtures)
     FaultProxy,
     RunningRegistry,
@@ -253,3 +254,48 @@ def ketch_layout_py1(corpus_oci: Path, tmp_path_factory: pytest.TempPathFactory)
     layout = tmp_path_factory.mktemp("ketch-py1")
     ketch("convert", f"oci:{corpus_oci}:{TAG}", f"oci:{layout}:{TAG}")
     return layout
+
+
+def test_damaged_cache_entries_are_counted_and_replaced(
+    ketch_layout_py1: Path,
+    corpus_oci: Path,
+    umoci_unpacked: Callable[[Path, str], Path],
+    tmp_path: Path,
+    state_dir: Path,
+) -> None:
+    good = (umoci_unpacked(corpus_oci, TAG) / "app" / "model.bin").read_bytes()
+    cache = tmp_path / "cache"
+    image = f"oci:{ketch_layout_py1}:{TAG}"
+    first = tmp_path / "first"
+    first.mkdir()
+    ketch("mount", image, str(first), "--cache-dir", str(cache))
+    assert (first / "app" / "model.bin").read_bytes() == good
+    ketch("umount", str(first))
+    entries = [p for p in (cache / "chunks").rglob("*") if p.is_file()]
+    assert entries
+    for entry in entries:  # every entry damaged while no daemon runs
+        data = bytearray(entry.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        entry.write_bytes(bytes(data))
+    second = tmp_path / "second"
+    second.mkdir()
+    ketch("mount", image, str(second), "--cache-dir", str(cache))
+    assert (second / "app" / "model.bin").read_bytes() == good
+    metrics = _status(second)
+    assert metrics["ketch_cache_corrupt_entries_total"] >= 3  # model.bin is 3 chunks
+    assert metrics["ketch_read_errors_total"] == 0
+    # Replaced: model.bin's entries are whole and right again (written behind the reads).
+    info = json.loads(ketch("inspect", image, "/app/model.bin", "--json").stdout)
+    algo = DigestAlgorithm.from_name(entries[0].parent.parent.name)
+    paths = [
+        cache / "chunks" / algo.label / chunk["digest"][:2] / chunk["digest"]
+        for chunk in info["chunks"]
+    ]
+
+    def replaced() -> bool:
+        return all(p.is_file() and algo.digest(p.read_bytes()).hex() == p.name for p in paths)
+
+    deadline = time.monotonic() + 30
+    while not replaced():
+        assert time.monotonic() < deadline, "damaged cache entries were not replaced"
+        time.sleep(0.1)
