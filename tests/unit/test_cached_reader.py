@@ -528,3 +528,92 @@ def test_idle_prefetch_workers_end_and_come_back(
     m.reader.prefetch(blob, chunks[2:])
     m.reader.flush()
     assert m.reader.read_from_memory(blob, chunks) is not None
+
+
+# -- damaged blobs: narrowed to the bad chunk, read again once (issue 16, defect 1) ----------
+
+
+def readahead_mount(layout: Path, cache_root: Path, store: CountingStore | None = None) -> Mount:
+    """A reader as the daemon builds it: a miss also reads ahead what follows it."""
+    store = store or CountingStore(OciLayoutStore.open(layout))
+    image = open_ketch_image(store, "ketch")
+    bootstrap = image.bootstrap
+    algo = bootstrap.digest_algorithm
+    digests = [blob.oci_digest for blob in bootstrap.blobs()]
+
+    def blob_chunks(blob: str) -> list[ChunkRecord]:
+        chunks = [c for c in bootstrap.chunks() if digests[c.blob] == blob]
+        return sorted(chunks, key=lambda c: c.compressed_offset)
+
+    cache = ChunkCache(cache_root, 0, algo)
+    reader = CachedChunkReader(
+        ChunkReader(store, algo), cache, readahead=16 * CHUNK, blob_chunks=blob_chunks
+    )
+    store.ranges.clear()
+    return Mount(ImageFS(bootstrap, reader), reader, store, cache)
+
+
+def damage(m: Mount, path: str, *, truncate: bool = False) -> ChunkRecord:
+    """Flip a byte of the first chunk of ``path`` in its blob (or cut the blob there)."""
+    blob, chunks = m.chunks(path)
+    blob_path: Path = m.store.inner.layout.blob_path(blob)  # type: ignore[attr-defined]
+    raw = bytearray(blob_path.read_bytes())
+    if truncate:
+        del raw[chunks[0].compressed_offset + 1 :]
+    else:
+        raw[chunks[0].compressed_offset + 1] ^= 0xFF
+    blob_path.write_bytes(bytes(raw))
+    return chunks[0]
+
+
+@pytest.mark.parametrize("truncate", [False, True], ids=["flipped", "truncated"])
+def test_a_bad_chunk_read_ahead_fails_only_its_own_readers(tmp_path: Path, truncate: bool) -> None:
+    # "a" and "b" are adjacent in the blob: a miss of "a" reads "b" ahead, in one range.
+    layout = build(tmp_path, "image", {"a": FOUR, "b": TEXT})
+    m = readahead_mount(layout, tmp_path / "cache")
+    bad = damage(m, "/b", truncate=truncate)
+    assert m.cat("/a") == FOUR  # the good chunks of the failed range are served
+    # The range, then the bad chunk alone, once (a blob cut short: halves down to the
+    # chunks it lacks).
+    assert (bad.compressed_offset, bad.compressed_size) in [r[1:] for r in m.store.ranges]
+    if not truncate:
+        assert len(m.store.ranges) == 2
+    assert m.reader.reader.verify_failures >= 1
+    assert not m.reader._flights
+    with pytest.raises(IntegrityError, match=bad.digest.hex() if not truncate else "expected"):
+        m.cat("/b")
+    assert m.cache is not None and m.cache.get(bad.digest) is None
+    assert m.cat("/a") == FOUR  # still serving
+
+
+class FlippingStore(CountingStore):
+    """Flips one byte of the first ``flips`` range reads, as a bad link would."""
+
+    def __init__(self, inner: ImageStore, flips: int) -> None:
+        super().__init__(inner)
+        self.flips = flips
+
+    def read_range(self, digest: str, offset: int, length: int) -> bytes:
+        data = super().read_range(digest, offset, length)
+        with self._lock:
+            if self.flips <= 0:
+                return data
+            self.flips -= 1
+        return bytes([data[0] ^ 0x01]) + data[1:]
+
+
+def test_bytes_damaged_on_the_way_are_read_again_once(tmp_path: Path) -> None:
+    layout = build(tmp_path, "image", {"a": FOUR, "b": TEXT})
+    m = readahead_mount(layout, tmp_path / "cache", FlippingStore(OciLayoutStore.open(layout), 1))
+    assert m.cat("/a") == FOUR
+    assert m.cat("/b") == TEXT
+    assert m.reader.reader.verify_failures == 1
+    assert len(m.store.ranges) == 2  # one merged range, one chunk read again
+    # A chunk damaged on both reads is an error for its readers only.
+    again = readahead_mount(
+        layout, tmp_path / "cache2", FlippingStore(OciLayoutStore.open(layout), 2)
+    )
+    with pytest.raises(IntegrityError):
+        again.cat("/a")
+    assert again.reader.reader.verify_failures == 2
+    assert again.cat("/a") == FOUR  # not remembered: the next read fetches it again

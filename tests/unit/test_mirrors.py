@@ -375,3 +375,24 @@ def test_read_range_verified_default_reads_then_verifies(tmp_path: Path) -> None
 
     with pytest.raises(IntegrityError):
         store.read_range_verified(DIGEST, 1, 3, refuse)
+
+
+def test_a_bad_chunk_is_read_again_alone_and_the_rest_of_its_range_served() -> None:
+    """Issue 16, defect 1: every source's bytes are wrong at the first chunk. The other
+    chunks of the range are served; the bad one is read once more on its own (from the
+    next source: the mirror is skipped now) and only it fails."""
+    parts = [bytes([i]) * 5000 + b"tail" for i in range(4)]
+    blob, records = _chunked_blob(parts)
+    digest = _digest(blob)
+    origin, mirror = (
+        FakeRegistry({digest: blob}, "corrupt"),
+        FakeRegistry({digest: blob}, "corrupt"),
+    )
+    store, _ = _store(origin, mirror)
+    reader = ChunkReader(store, DigestAlgorithm.SHA256)
+    results = reader.read_each(digest, records)
+    assert isinstance(results[0], IntegrityError) and results[1:] == parts[1:]
+    assert (mirror.blob_gets(), origin.blob_gets()) == (1, 2)  # the range; then chunk 0 alone
+    assert reader.verify_failures == 3  # the mirror's range, the origin's, the origin's again
+    with pytest.raises(IntegrityError, match=records[0].digest.hex()):
+        reader.read(digest, records)

@@ -98,8 +98,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     files = json.loads(api_get(sock, "/api/v1/files"))
     metrics = {}
     for line in api_get(sock, "/metrics").decode().splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, value = line.split()
+        if line and not line.startswith("#") and "_bucket{" not in line:
+            name, value = line.rsplit(" ", 1)  # a labelled series keeps its labels in its name
             metrics[name] = float(value)
     if args.json:
         print(json.dumps({"daemon": daemon, "metrics": metrics, "files": files}, indent=2))

@@ -169,13 +169,19 @@ class KetchOperations(pyfuse3.Operations):
             if data is None:
                 data = await trio.to_thread.run_sync(self._read, fh, off, size)
         except IntegrityError as exc:
-            self.metrics.add(self.metrics.verify_failures)
+            # Counted in ketch_chunk_verify_failures_total by the chunk reader, per chunk.
             self.metrics.add(self.metrics.read_errors)
             log.error("chunk verification failed path=%s error=%r", self._path(fh), exc.message)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except KetchError as exc:
             self.metrics.add(self.metrics.read_errors)
             log.error("read failed path=%s error=%r", self._path(fh), exc.message)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            # A bug in the read path: EIO for this read, never the end of the daemon
+            # (pyfuse3 ends its main loop on any exception that is not a FUSEError).
+            self.metrics.add(self.metrics.read_errors)
+            log.error("read failed (internal error) inode=%d offset=%d error=%r", fh, off, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
         self.metrics.observe_read(time.monotonic() - started)
         self.metrics.add(self.metrics.read_bytes, len(data))

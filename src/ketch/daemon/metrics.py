@@ -25,6 +25,24 @@ class Counter:
 
 
 @dataclass(slots=True)
+class LabelledCounter:
+    """A counter per value of one label (``name{label="value"}``)."""
+
+    name: str
+    help: str
+    label: str
+    values: dict[str, float] = field(default_factory=dict)
+
+    def render(self) -> str:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        for key in sorted(self.values):
+            value = self.values[key]
+            shown = int(value) if float(value).is_integer() else value
+            lines.append(f'{self.name}{{{self.label}="{key}"}} {shown}')
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(slots=True)
 class Histogram:
     name: str
     help: str
@@ -64,7 +82,8 @@ class Metrics:
         self.cache_hits = Counter("ketch_cache_hits_total", "Chunks served from the chunk cache")
         self.cache_misses = Counter("ketch_cache_misses_total", "Chunks fetched from the backend")
         self.verify_failures = Counter(
-            "ketch_chunk_verify_failures_total", "Chunks whose bytes did not match their digest"
+            "ketch_chunk_verify_failures_total",
+            "Chunk checks that failed (bytes that did not match their digest, from any source)",
         )
         self.read_bytes = Counter("ketch_read_bytes_total", "Bytes returned to readers")
         self.read_errors = Counter("ketch_read_errors_total", "Reads answered with an error")
@@ -77,6 +96,32 @@ class Metrics:
         self.mirror_failures = Counter(
             "ketch_mirror_failures_total", "Mirror failures (errors, timeouts, wrong bytes)"
         )
+        self.request_retries = LabelledCounter(
+            "ketch_request_retries_total",
+            "Failed storage requests that were tried again, by cause",
+            "cause",
+        )
+        self.request_failures = LabelledCounter(
+            "ketch_request_failures_total",
+            "Storage requests given up on after their retries, by cause",
+            "cause",
+        )
+        self.fetch_timeouts = Counter(
+            "ketch_fetch_timeouts_total",
+            "Storage requests that took longer than the timeout (retried or not)",
+        )
+        self.cache_corrupt = Counter(
+            "ketch_cache_corrupt_entries_total",
+            "Chunk cache entries found damaged, deleted and fetched again",
+        )
+        self.cache_store_errors = Counter(
+            "ketch_cache_store_errors_total",
+            "Chunks that could not be written to the chunk cache (served anyway)",
+        )
+        self.cache_no_space = Counter(
+            "ketch_cache_no_space_total",
+            "Chunk cache writes that found the disk full (ENOSPC; served anyway)",
+        )
         self.read_latency = Histogram("ketch_read_latency_seconds", "Latency of FUSE reads")
 
     def add(self, counter: Counter, amount: float = 1) -> None:
@@ -87,13 +132,17 @@ class Metrics:
         with self._lock:
             counter.value = value
 
+    def set_labelled(self, counter: LabelledCounter, values: dict[str, int]) -> None:
+        with self._lock:
+            counter.values = {key: float(value) for key, value in values.items()}
+
     def observe_read(self, seconds: float) -> None:
         with self._lock:
             self.read_latency.observe(seconds)
 
     def render(self) -> str:
         with self._lock:
-            series: list[Counter | Histogram] = [
+            series: list[Counter | LabelledCounter | Histogram] = [
                 self.backend_read_bytes,
                 self.cache_hits,
                 self.cache_misses,
@@ -104,6 +153,12 @@ class Metrics:
                 self.mirror_reads,
                 self.origin_fallbacks,
                 self.mirror_failures,
+                self.request_retries,
+                self.request_failures,
+                self.fetch_timeouts,
+                self.cache_corrupt,
+                self.cache_store_errors,
+                self.cache_no_space,
                 self.read_latency,
             ]
             return "".join(s.render() for s in series)

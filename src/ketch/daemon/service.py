@@ -137,6 +137,15 @@ class _Daemon:
         m.set(m.backend_read_bytes, self.reader.backend_bytes)
         m.set(m.cache_hits, self.reader.cache_hits + self.reader.memory_hits)
         m.set(m.cache_misses, self.reader.cache_misses)
+        m.set(m.verify_failures, self.reader.reader.verify_failures)
+        cache = self.cache.stats()
+        m.set(m.cache_corrupt, cache.corrupt)
+        m.set(m.cache_store_errors, cache.store_errors)
+        m.set(m.cache_no_space, cache.no_space)
+        faults = self.image.store.fault_stats()
+        m.set_labelled(m.request_retries, faults.retries)
+        m.set_labelled(m.request_failures, faults.failures)
+        m.set(m.fetch_timeouts, faults.timeouts)
         # A store with mirrors counts where its reads went (duck-typed: importing the
         # registry modules here would slow every mount).
         stats = getattr(self.image.store, "stats", None)

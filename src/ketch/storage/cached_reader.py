@@ -14,12 +14,20 @@ The FUSE daemon reads through this from many worker threads at once. For one
    than fetching it again.
 
 A failed fetch hands its error to every waiter of the chunks it covered and is not
-remembered: the next read tries again. An integrity error is specific to its chunks, so
-the other merged runs are still fetched; any other error (blob not found, backend down)
-concerns the whole blob and ends the read.
+remembered: the next read tries again. An integrity error is specific to its chunk: the
+chunk reader narrows a merged range that fails its check (``ChunkReader.read_each``: the
+chunks that verified are served, each bad one is read once more alone, from the next
+source where there are mirrors), so only the flight of a chunk that failed twice fails,
+and the other chunks of its range and the other merged runs are still served. A chunk
+read ahead has no flight (nobody asked for it): a bad one is dropped, a good one goes to
+the memory tier and the cache. Any other error (blob not found, backend down) concerns
+the whole blob and ends the read. Nothing here raises past ``read`` except the errors
+of the flights it waits on.
 
 Deadlock freedom: a thread resolves every flight it leads before it waits on anyone
-else's, and a leader never waits, so no cycle of waiting threads can form.
+else's, and a leader never waits, so no cycle of waiting threads can form. (Reading a
+bad chunk again is part of the leader's own fetch: it waits on the store, never on a
+flight.)
 
 Memory: nothing is kept after ``read`` returns; a flight holds its bytes only until its
 waiters have them and the cache has them.
@@ -429,21 +437,25 @@ class CachedChunkReader:
             self._fetches += 1
             self._backend_bytes += span
         try:
-            datas = self.reader.read(blob, group)
-        except IntegrityError as exc:
-            for chunk in group:
-                flights[chunk.digest].fail(exc)
-            return True
+            results = self.reader.read_each(blob, group)
         except BaseException as exc:
             _fail_unresolved(flights, exc)
             return False
-        for chunk, data in zip(group, datas, strict=True):
+        for chunk, result in zip(group, results, strict=True):
+            # Only flights this thread leads are in ``flights``: a chunk read ahead has
+            # none (nobody waits for it yet), and one named twice in the range is
+            # resolved by its first appearance.
             flight = flights.get(chunk.digest)
-            if flight is not None:
-                flight.resolve(data, fetched=True)
-            else:  # read ahead: nobody waits for it yet
-                self._recent.put(chunk.digest, data)
-                self._store(chunk.digest, data)
+            if flight is not None and flight.done.is_set():
+                continue
+            if isinstance(result, IntegrityError):
+                if flight is not None:
+                    flight.fail(result)  # this chunk alone: the rest of the range is served
+            elif flight is not None:
+                flight.resolve(result, fetched=True)
+            else:
+                self._recent.put(chunk.digest, result)
+                self._store(chunk.digest, result)
         return True
 
     def _with_readahead(self, blob: str, missing: list[ChunkRecord]) -> list[ChunkRecord]:

@@ -7,8 +7,10 @@ Correctness rests on three rules.
 - **Entries are hostile input.** Anything could have written the file (a daemon killed
   mid-write before a power loss, a full disk, another user, a bug), so ``get`` checks the
   bytes against the digest the entry is named by, every time. A mismatch, a symlink, a
-  FIFO or an oversized file is deleted, counted as ``corrupt`` and reported as a miss:
-  wrong bytes are never returned. Because of this check, ``put`` needs no ``fsync``.
+  FIFO or an oversized file is deleted, counted as ``corrupt`` and reported as a miss
+  (the reader fetches the chunk again and its put replaces the entry): wrong bytes are
+  never returned. A put that fails (a full disk: ``no_space``, logged) is counted and
+  never fails the read it came from. Because of this check, ``put`` needs no ``fsync``.
 - **Entries appear whole.** ``put`` writes a temporary file in the entry's own directory
   and renames it into place, so no reader, in this process or another, ever opens a
   half-written entry. Temporary names start with ``.tmp-`` and can never be taken for an
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 import tempfile
@@ -53,6 +56,10 @@ MAX_ENTRY_SIZE = 16 << 20
 TEMP_PREFIX = ".tmp-"
 _HEX = frozenset("0123456789abcdef")
 _NS = 1_000_000_000
+#: seconds between two "cache full" log lines (each says how many puts failed since)
+_NO_SPACE_LOG_INTERVAL = 60.0
+
+log = logging.getLogger("ketch.storage")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,8 @@ class CacheStats:
     stores: int
     #: puts that failed with an OS error (disk full, permissions): the read still succeeds
     store_errors: int
+    #: of those, the ones that found no space left on the device (ENOSPC, EDQUOT)
+    no_space: int
     #: bytes of the entries in this process's index (the whole cache as of the last scan,
     #: plus what this process has seen since)
     bytes_stored: int
@@ -126,6 +135,9 @@ class ChunkCache:
         self._evictions = 0
         self._stores = 0
         self._store_errors = 0
+        self._no_space = 0
+        self._no_space_logged = 0  # the count when "no space" was last logged
+        self._no_space_log_at = 0.0  # time.monotonic() of that line
         self._rescanning = False
         self._last_scan = 0
         # Buckets are made by the first put into each (``_write_entry``).
@@ -169,6 +181,7 @@ class ChunkCache:
                 self._evictions,
                 self._stores,
                 self._store_errors,
+                self._no_space,
                 self._bytes,
                 len(self._index),
             )
@@ -310,9 +323,8 @@ class ChunkCache:
             ):
                 try:
                     self._write_entry(path, data)
-                except OSError:
-                    with self._lock:
-                        self._store_errors += 1
+                except OSError as exc:
+                    self._store_failed(exc)
                     return False
                 stored = True
             else:
@@ -328,6 +340,29 @@ class ChunkCache:
         self._maybe_rescan(now)
         self._enforce_capacity()
         return True
+
+    def _store_failed(self, exc: OSError) -> None:
+        """Count a failed put; a full disk is also logged (at most once a minute, with
+        the count since): reads go on, served from the network."""
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        now = time.monotonic()
+        with self._lock:
+            self._store_errors += 1
+            if not full:
+                return
+            self._no_space += 1
+            if self._no_space_logged and now - self._no_space_log_at < _NO_SPACE_LOG_INTERVAL:
+                return
+            count = self._no_space - self._no_space_logged
+            self._no_space_logged = self._no_space
+            self._no_space_log_at = now
+        log.warning(
+            "chunk cache full, chunks are served without being cached dir=%s "
+            "failed_puts=%d error=%r",
+            self.directory,
+            count,
+            exc.strerror,
+        )
 
     def _index_put(
         self, digest: bytes, size: int, now: int, stored: bool, existing: os.stat_result | None

@@ -88,8 +88,9 @@ def _cached_bootstrap(store: ImageStore, layer: Descriptor, cache_dir: Path) -> 
     digest = hashlib.sha256()
     hasher = threading.Thread(target=digest.update, args=(data,), daemon=True)
     hasher.start()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_dir)
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_dir)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -98,9 +99,22 @@ def _cached_bootstrap(store: ImageStore, layer: Descriptor, cache_dir: Path) -> 
         if "sha256:" + digest.hexdigest() != layer.digest:
             raise IntegrityError(f"{store.name}: bootstrap {layer.digest}: digest mismatch")
         os.replace(tmp, path)
+    except OSError as exc:
+        # No copy (a full disk, say): the bootstrap is served from memory instead.
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        hasher.join()
+        if "sha256:" + digest.hexdigest() != layer.digest:
+            raise IntegrityError(
+                f"{store.name}: bootstrap {layer.digest}: digest mismatch"
+            ) from None
+        log.warning("bootstrap not cached, kept in memory dir=%s error=%r", cache_dir, exc.strerror)
+        return Bootstrap(data, name=f"bootstrap {layer.digest}")
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise
     return Bootstrap(data, name=str(path))
 

@@ -56,6 +56,7 @@ from ketch.config import RegistryConfig
 from ketch.errors import IntegrityError, KetchError, NotFoundError, UsageError
 from ketch.storage.registry_client import RangeIgnoredError, RegistryClient, RegistryOptions
 from ketch.storage.registry_store import RegistryStore
+from ketch.storage.retry import FaultStats
 
 log = logging.getLogger("ketch.storage.mirrors")
 
@@ -109,7 +110,7 @@ def mirror_client(url: str, options: RegistryOptions) -> RegistryClient:
         retries=0,
         connect_timeout=min(options.connect_timeout, MIRROR_CONNECT_TIMEOUT),
     )
-    return RegistryClient(parts.netloc, mirror_options, scheme=parts.scheme)
+    return RegistryClient(parts.netloc, mirror_options, scheme=parts.scheme, fallback=True)
 
 
 class MirroredRegistryStore(RegistryStore):
@@ -169,6 +170,13 @@ class MirroredRegistryStore(RegistryStore):
     @property
     def mirror_misses(self) -> int:
         return self.stats().mirror_misses
+
+    def fault_stats(self) -> FaultStats:
+        """The origin's request faults and every mirror's, together."""
+        total = RegistryStore.fault_stats(self)
+        for mirror in self.mirrors:
+            total = total + mirror.store.fault_stats()
+        return total
 
     def healthy(self, mirror: Mirror) -> bool:
         """Whether ``mirror`` is to be tried now (never failed, or failed long enough ago)."""

@@ -22,9 +22,13 @@ A ``scheme`` given to the client (a mirror's URL says it) is used as it is. With
 ``proxy`` every request goes through that HTTP proxy (httpx's ``proxy=``; plain HTTP is
 forwarded, HTTPS tunnelled with ``CONNECT``).
 
-Failures: 429, 5xx, connection errors, resets and timeouts are retried ``retries`` times
-with exponential backoff and jitter (``Retry-After`` honoured up to ``max_retry_wait``);
-uploads restart from a new session. Then ``StorageError``. 404 is ``NotFoundError``,
+Failures: 429, 5xx, connection errors, resets, answers cut short and timeouts are
+retried ``retries`` times by the one policy of ``retry.py`` (exponential backoff and
+jitter, ``Retry-After`` honoured up to ``max_retry_wait``), for every kind of request:
+ping, token, manifest and tag reads, blob reads whole, ranged or streamed (a stream
+resumes with ``Range``), tags, referrers and uploads (an upload restarts from a new
+session). Then ``StorageError``; ``fault_stats()`` counts what was met, by cause.
+404 is ``NotFoundError``,
 401/403 ``UsageError`` (with a hint), digest mismatches ``IntegrityError``; a
 registry that answers a large ``Range`` read with the whole blob is ``RangeIgnoredError``
 (a ``StorageError``: a cold pull-through cache does that until it has stored the blob).
@@ -39,7 +43,6 @@ import hashlib
 import io
 import ipaddress
 import json
-import random
 import ssl
 import threading
 import time
@@ -47,7 +50,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import httpx
 
@@ -71,6 +74,16 @@ from ketch.storage.registry_auth import (
     pull_scope,
     push_scope,
 )
+from ketch.storage.retry import (
+    CONNECTION,
+    TIMEOUT,
+    FaultCounters,
+    FaultStats,
+    RetryPolicy,
+    TransientError,
+)
+
+T = TypeVar("T")
 
 MANIFEST_ACCEPT = ", ".join(
     (mt.OCI_MANIFEST, mt.OCI_INDEX, mt.DOCKER_MANIFEST, mt.DOCKER_MANIFEST_LIST)
@@ -128,14 +141,6 @@ class RangeIgnoredError(StorageError):
     """The registry answered a ``Range`` read with a whole blob too large to slice."""
 
 
-class _TransientError(Exception):
-    """A failure worth another attempt (429, 5xx, connection error, timeout)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (``name[:port]``, ``[v6]:port``) is this machine's loopback."""
     name = host
@@ -167,14 +172,25 @@ class RegistryClient:
         credentials: Credentials | None = None,
         sleep: Callable[[float], None] = time.sleep,
         scheme: str | None = None,
+        fallback: bool = False,
     ) -> None:
         """``scheme`` ("http" or "https") overrides the loopback rule and the plain-HTTP
-        fallback: a mirror configured by URL is reached exactly as its URL says."""
+        fallback: a mirror configured by URL is reached exactly as its URL says.
+        ``fallback``: the caller reads from another source when this one gives up (a
+        mirror), so giving up is logged as a WARNING."""
         self.registry = registry
         self.options = options or RegistryOptions()
         self.stats = TransferStats()
-        self._sleep = sleep
         opts = self.options
+        self.faults = FaultCounters()
+        self.retry = RetryPolicy(
+            opts.retries,
+            opts.backoff,
+            opts.max_retry_wait,
+            sleep=sleep,
+            counters=self.faults,
+            fallback=fallback,
+        )
         if credentials is None:
             credentials = find_credentials(registry, opts.creds, opts.docker_config)
         self.auth = Authenticator(registry, credentials, self._fetch_token)
@@ -224,6 +240,10 @@ class RegistryClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def fault_stats(self) -> FaultStats:
+        """Retries, failures by cause and timeouts of this client's requests so far."""
+        return self.faults.snapshot()
+
     def where(self, repository: str | None = None) -> str:
         return (
             f"docker://{self.registry}/{repository}" if repository else f"docker://{self.registry}"
@@ -244,7 +264,7 @@ class RegistryClient:
                     response = self._request(
                         "GET", "/v2/", scope=None, what=what, ping=True, retry=final
                     )
-                except _TransientError:
+                except TransientError:
                     continue  # HTTPS did not connect; tls_verify=False: try plain HTTP
                 with contextlib.closing(response):
                     if response.status_code == 401:
@@ -277,33 +297,32 @@ class RegistryClient:
         retry: bool = True,
         ping: bool = False,
     ) -> httpx.Response:
-        """Send, with auth, redirects and (if ``retry``) retries; the final response,
-        any status. Without ``retry`` a transient failure raises ``_TransientError``."""
+        """Send, with auth, redirects and (if ``retry``) the retry policy; the final
+        response, any status. Without ``retry`` a transient failure raises
+        ``TransientError`` (the caller's own attempt is retried as a whole)."""
         if not ping:
             self.ping()
-        attempts = self.options.retries + 1 if retry else 1
-        for attempt in range(attempts):
-            try:
-                return self._send_once(method, path, scope, what, headers, body, stream)
-            except _TransientError as exc:
-                if attempt + 1 >= attempts:
-                    if not retry:
-                        raise
-                    raise StorageError(
-                        f"{what}: {exc} (gave up after {attempts} attempts)"
-                    ) from None
+        if not retry:
+            return self._send_once(method, path, scope, what, headers, body, stream)
+        return self._attempts(
+            what, lambda: self._send_once(method, path, scope, what, headers, body, stream)
+        )
+
+    def _attempts(self, what: str, attempt: Callable[[], T]) -> T:
+        """``attempt()`` under the retry policy, each retry counted in ``stats``."""
+
+        def counted() -> T:
+            if attempts:
                 self.stats.add(retries=1)
-                self._sleep(self.backoff(attempt, exc.retry_after))
-        raise AssertionError("unreachable")  # pragma: no cover
+            attempts.append(None)
+            return attempt()
+
+        attempts: list[None] = []
+        return self.retry.run(what, counted)
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
-        """How long to wait before attempt ``attempt + 1``: exponential with jitter, or
-        what ``Retry-After`` asked for, never more than ``max_retry_wait``."""
-        cap = self.options.max_retry_wait
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), cap)
-        delay = min(cap, self.options.backoff * (2.0**attempt))
-        return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not security
+        """How long to wait before attempt ``attempt + 1`` (``RetryPolicy.wait``)."""
+        return self.retry.wait(attempt, retry_after)
 
     def _send_once(
         self,
@@ -333,10 +352,12 @@ class RegistryClient:
             try:
                 response = self._http.send(request, stream=True)
             except httpx.TimeoutException as exc:
-                raise _TransientError(f"{method} {url}: timed out ({type(exc).__name__})") from None
+                raise TransientError(
+                    f"{method} {url}: timed out ({type(exc).__name__})", TIMEOUT
+                ) from None
             except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                raise _TransientError(
-                    f"{method} {url}: connection failed: {exc or type(exc).__name__}"
+                raise TransientError(
+                    f"{method} {url}: connection failed: {exc or type(exc).__name__}", CONNECTION
                 ) from None
             except httpx.TransportError as exc:
                 raise StorageError(f"{what}: {method} {url}: {exc or type(exc).__name__}") from None
@@ -363,18 +384,26 @@ class RegistryClient:
             if status in _RETRY_STATUS:
                 retry_after = _retry_after(response.headers.get("Retry-After"))
                 detail = _error_detail(response)
-                raise _TransientError(f"{method} {url}: HTTP {status}{detail}", retry_after)
+                raise TransientError(
+                    f"{method} {url}: HTTP {status}{detail}", f"http_{status}", retry_after
+                )
             if not stream:
                 try:
                     response.read()
                 except httpx.TimeoutException as exc:
                     response.close()
-                    raise _TransientError(
-                        f"{method} {url}: timed out reading ({type(exc).__name__})"
+                    raise TransientError(
+                        f"{method} {url}: timed out reading after "
+                        f"{response.num_bytes_downloaded} bytes ({type(exc).__name__})",
+                        TIMEOUT,
                     ) from None
                 except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                     response.close()
-                    raise _TransientError(f"{method} {url}: connection lost: {exc}") from None
+                    raise TransientError(
+                        f"{method} {url}: connection lost after "
+                        f"{response.num_bytes_downloaded} bytes: {exc or type(exc).__name__}",
+                        CONNECTION,
+                    ) from None
             return response
 
     def _fail(self, response: httpx.Response, what: str, expected: str) -> KetchError:
@@ -432,18 +461,26 @@ class RegistryClient:
     def get_manifest(self, repository: str, reference: str) -> tuple[Descriptor, bytes]:
         """A manifest or index by tag or digest, checked against the digest."""
         what = f"{self.where(repository)}: manifest {reference}"
-        response = self._request(
-            "GET",
-            f"/v2/{repository}/manifests/{reference}",
-            scope=pull_scope(repository),
-            what=what,
-            headers={"Accept": MANIFEST_ACCEPT},
-            stream=True,
-        )
-        with contextlib.closing(response):
-            if response.status_code != 200:
-                raise self._fail(response, what, "HTTP 200")
-            data = self._read_capped(response, MAX_MANIFEST_SIZE, what)
+        self.ping()
+
+        def attempt() -> tuple[httpx.Response, bytes]:
+            response = self._request(
+                "GET",
+                f"/v2/{repository}/manifests/{reference}",
+                scope=pull_scope(repository),
+                what=what,
+                headers={"Accept": MANIFEST_ACCEPT},
+                stream=True,
+                retry=False,
+            )
+            with contextlib.closing(response):
+                if response.status_code != 200:
+                    raise self._fail(response, what, "HTTP 200")
+                return response, self._read_capped(
+                    response, MAX_MANIFEST_SIZE, what, transient=True
+                )
+
+        response, data = self._attempts(what, attempt)
         found = "sha256:" + hashlib.sha256(data).hexdigest()
         expected = reference if reference.startswith("sha256:") else None
         expected = expected or response.headers.get("Docker-Content-Digest")
@@ -644,7 +681,9 @@ class RegistryClient:
         if length <= 0:
             return b""
         last = offset + length - 1
-        for attempt in range(self.options.retries + 1):
+        self.ping()
+
+        def attempt() -> bytes:
             response = self._request(
                 "GET",
                 f"/v2/{repository}/blobs/{digest}",
@@ -652,19 +691,14 @@ class RegistryClient:
                 what=what,
                 headers={"Range": f"bytes={offset}-{last}"},
                 stream=True,
+                retry=False,
             )
             with contextlib.closing(response):
-                try:
-                    data = self._range_body(response, offset, length, what)
-                except _TransientError as exc:
-                    if attempt >= self.options.retries:
-                        raise StorageError(f"{what}: {exc}") from None
-                    self.stats.add(retries=1)
-                    self._sleep(self.backoff(attempt))
-                    continue
-            self.stats.add(bytes_downloaded=len(data))
-            return data
-        raise AssertionError("unreachable")  # pragma: no cover
+                return self._range_body(response, offset, length, what)
+
+        data = self._attempts(what, attempt)
+        self.stats.add(bytes_downloaded=len(data))
+        return data
 
     def _range_body(self, response: httpx.Response, offset: int, length: int, what: str) -> bytes:
         status = response.status_code
@@ -706,31 +740,28 @@ class RegistryClient:
     def read_blob(self, repository: str, digest: str, max_size: int | None = None) -> bytes:
         """The whole blob, checked against its digest."""
         what = f"{self.where(repository)}: blob {digest}"
-        for attempt in range(self.options.retries + 1):
+        self.ping()
+
+        def attempt() -> bytes:
             response = self._request(
                 "GET",
                 f"/v2/{repository}/blobs/{digest}",
                 scope=pull_scope(repository),
                 what=what,
                 stream=True,
+                retry=False,
             )
             with contextlib.closing(response):
                 if response.status_code != 200:
                     raise self._fail(response, what, "HTTP 200")
-                try:
-                    data = self._read_capped(response, max_size, what, transient=True)
-                except _TransientError as exc:
-                    if attempt >= self.options.retries:
-                        raise StorageError(f"{what}: {exc}") from None
-                    self.stats.add(retries=1)
-                    self._sleep(self.backoff(attempt))
-                    continue
-            self.stats.add(bytes_downloaded=len(data))
-            found = "sha256:" + hashlib.sha256(data).hexdigest()
-            if found != digest:
-                raise IntegrityError(f"{what}: digest: expected {digest}, found {found}")
-            return data
-        raise AssertionError("unreachable")  # pragma: no cover
+                return self._read_capped(response, max_size, what, transient=True)
+
+        data = self._attempts(what, attempt)
+        self.stats.add(bytes_downloaded=len(data))
+        found = "sha256:" + hashlib.sha256(data).hexdigest()
+        if found != digest:
+            raise IntegrityError(f"{what}: digest: expected {digest}, found {found}")
+        return data
 
     def open_blob(self, repository: str, digest: str, offset: int = 0) -> IO[bytes]:
         """The blob from byte ``offset`` as a stream (the reader checks the digest); a
@@ -764,9 +795,15 @@ class RegistryClient:
                 if limit is not None and len(out) > limit:
                     raise IntegrityError(f"{what}: size: expected <= {limit} bytes, found more")
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            message = f"connection lost after {len(out)} bytes: {exc or type(exc).__name__}"
+            # Bytes that arrived, not bytes handed out (those come in blocks of _BLOCK).
+            arrived = response.num_bytes_downloaded
+            timed_out = isinstance(exc, httpx.TimeoutException)
+            message = (
+                f"{'timed out' if timed_out else 'connection lost'} after {arrived} bytes: "
+                f"{exc or type(exc).__name__}"
+            )
             if transient:
-                raise _TransientError(message) from None
+                raise TransientError(message, TIMEOUT if timed_out else CONNECTION) from None
             raise StorageError(f"{what}: {message}") from None
         return bytes(out)
 
@@ -793,28 +830,23 @@ class RegistryClient:
         scope = push_scope(repository)
         if mount_from:
             scope = f"{scope} {pull_scope(mount_from)}"
-        last: _TransientError | None = None
-        for attempt in range(self.options.retries + 1):
-            if attempt:
-                self.stats.add(retries=1)
-                self._sleep(self.backoff(attempt - 1, last.retry_after if last else None))
-            try:
-                location = self._start_upload(repository, digest, mount_from, scope, what)
-                if location is None:
-                    self.stats.add(blobs_mounted=1)
-                    return "mounted"
-                with open_source() as source:
-                    check = _DigestCheck(digest, what, source_name)
-                    if size <= self.options.chunk_size:
-                        self._upload_monolithic(location, source, size, scope, check)
-                    else:
-                        self._upload_chunked(location, source, size, scope, check)
-            except _TransientError as exc:
-                last = exc
-                continue
+        self.ping()
+
+        def attempt() -> str:
+            location = self._start_upload(repository, digest, mount_from, scope, what)
+            if location is None:
+                self.stats.add(blobs_mounted=1)
+                return "mounted"
+            with open_source() as source:
+                check = _DigestCheck(digest, what, source_name)
+                if size <= self.options.chunk_size:
+                    self._upload_monolithic(location, source, size, scope, check)
+                else:
+                    self._upload_chunked(location, source, size, scope, check)
             self.stats.add(blobs_uploaded=1)
             return "uploaded"
-        raise StorageError(f"{what}: {last} (gave up after {self.options.retries + 1} attempts)")
+
+        return self._attempts(what, attempt)
 
     def _start_upload(
         self, repository: str, digest: str, mount_from: str | None, scope: str, what: str
@@ -901,7 +933,7 @@ class RegistryClient:
         error = check.mismatch()
         if error is None:
             return
-        with contextlib.suppress(KetchError, _TransientError):
+        with contextlib.suppress(KetchError, TransientError):
             self._request("DELETE", location, scope=scope, what=check.what, retry=False).close()
         raise error
 
@@ -951,7 +983,8 @@ class _BlobStream(io.RawIOBase):
         self._digest = digest
         self._position = offset
         self._size: int | None = None
-        self._resumes = 0
+        # One budget of attempts for the whole stream, however many times it breaks.
+        self._attempts = client.retry.start(f"{client.where(repository)}: blob {digest}")
         self._response: httpx.Response | None = None
         self._blocks: Iterator[bytes] | None = None
         self._pending = b""
@@ -977,12 +1010,14 @@ class _BlobStream(io.RawIOBase):
                 self._pending = next(self._blocks)
             except StopIteration:
                 if self._size is not None and self._position < self._size:
-                    self._resume(f"ended at byte {self._position} of {self._size}")
+                    self._resume(f"ended at byte {self._position} of {self._size}", CONNECTION)
                     continue
                 self._close_response()
                 return 0
-            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-                self._resume(f"connection lost at byte {self._position}: {exc}")
+            except httpx.TimeoutException as exc:
+                self._resume(f"timed out at byte {self._position}: {exc}", TIMEOUT)
+            except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                self._resume(f"connection lost at byte {self._position}: {exc}", CONNECTION)
         n = min(len(view), len(self._pending))
         view[:n] = self._pending[:n]
         self._pending = self._pending[n:]
@@ -990,16 +1025,11 @@ class _BlobStream(io.RawIOBase):
         self._client.stats.add(bytes_downloaded=n)
         return n
 
-    def _resume(self, why: str) -> None:
+    def _resume(self, why: str, cause: str) -> None:
+        """Open the stream again from where it broke, under the retry policy."""
         self._close_response()
-        if self._resumes >= self._client.options.retries:
-            raise StorageError(
-                f"{self._client.where(self._repository)}: blob {self._digest}: {why} "
-                f"(gave up after {self._resumes} resumes)"
-            )
+        self._attempts.failed(TransientError(why, cause))  # raises when none is left
         self._client.stats.add(retries=1)
-        self._client._sleep(self._client.backoff(self._resumes))
-        self._resumes += 1
         self._open()
 
     def _close_response(self) -> None:

@@ -22,6 +22,7 @@ from typing import IO
 from ketch.errors import IntegrityError, NotFoundError
 from ketch.oci.manifest import Descriptor, Manifest, Platform, load_json
 from ketch.storage.registry_client import RegistryClient
+from ketch.storage.retry import FaultStats
 from ketch.storage.store import ImageStore
 from ketch.temp_area import local_spool_area
 
@@ -40,6 +41,9 @@ class RegistryStore(ImageStore):
             self._scratch_cleanup()
         self._scratch = None
         self.client.close()
+
+    def fault_stats(self) -> FaultStats:
+        return self.client.fault_stats()
 
     # -- the read path ----------------------------------------------------------------
 

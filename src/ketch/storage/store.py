@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ketch.oci.manifest import Descriptor, Manifest, Platform, load_json
+from ketch.storage.retry import FaultStats
 
 MAX_CONFIG_SIZE = 4 << 20
 
@@ -24,6 +25,11 @@ class ImageStore(abc.ABC):
 
     #: how the store is named in messages, e.g. ``oci:/srv/images``
     name: str
+
+    def fault_stats(self) -> FaultStats:
+        """Faults the store's requests met (retries and failures by cause, timeouts);
+        none for a store without a network (``retry.py``)."""
+        return FaultStats()
 
     # -- the read path ----------------------------------------------------------------
 
