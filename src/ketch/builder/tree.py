@@ -19,6 +19,7 @@ from ketch.oci.tar_layer import EntryKind, LayerEntry
 
 _MAX_SYMLINK_HOPS = 40
 ChunkList = list[tuple[bytes, int]]  # (digest, uncompressed size) in file order
+TreePath = tuple[bytes, ...]  # a path below the root, one name per part
 
 
 @dataclass(slots=True, eq=False)
@@ -97,9 +98,18 @@ class LayerChanges:
         elif node is not None:
             self.nodes[entry.path] = (entry, node)
 
-    def file_paths_in_order(self) -> list[tuple[bytes, ...]]:
-        """Regular files of this layer in tree (depth-first, sorted) order."""
-        return sorted(p for p, (_, node) in self.nodes.items() if stat.S_ISREG(node.mode))
+    def link_source(self, path: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """What the hardlink at ``path`` names, through links to links of this layer
+        (a tar may link to an earlier link; the layer is applied in path order, where
+        that earlier link may come later). A cycle names what the lower layers hold."""
+        seen = {path}
+        source = self.hardlinks[path].link_path
+        while source in self.hardlinks:
+            if source in seen:
+                return self.hardlinks[path].link_path
+            seen.add(source)
+            source = self.hardlinks[source].link_path
+        return source
 
 
 class Tree:
@@ -189,8 +199,10 @@ class Tree:
 
     # -- applying a layer -------------------------------------------------------------
 
-    def apply(self, changes: LayerChanges) -> None:
+    def apply(self, changes: LayerChanges) -> dict[tuple[bytes, ...], Node]:
+        """Apply one layer; the node each of its hardlinks names, by the link's path."""
         layer = changes.name
+        links: dict[tuple[bytes, ...], Node] = {}
         for path in sorted(changes.opaque):
             directory = self._walk(path, layer, create=False) if path else self.root
             if directory is not None and directory.children is not None:
@@ -211,17 +223,19 @@ class Tree:
             else:
                 siblings[path[-1]] = node
         for path in sorted(changes.hardlinks):
-            entry = changes.hardlinks[path]
-            target = self.lookup(entry.link_path)
+            source = changes.link_source(path)
+            target = self.lookup(source)
             if target is None:
                 raise BadLayerError(
-                    f"layer {layer}: hardlink {_show(path)} -> {_show(entry.link_path)}: target not found"
+                    f"layer {layer}: hardlink {_show(path)} -> {_show(source)}: target not found"
                 )
             if target.is_dir:
                 raise BadLayerError(f"layer {layer}: hardlink {_show(path)} points at a directory")
             if not path:
                 raise BadLayerError(f"layer {layer}: hardlink replaces the root")
             self._parent_children(path, layer)[path[-1]] = target
+            links[path] = target
+        return links
 
 
 def _children_of(node: Node, layer: str, path: tuple[bytes, ...]) -> dict[bytes, Node]:
