@@ -142,10 +142,10 @@ class Tree:
         node = self.root
         stack: list[Node] = []
         trail: list[bytes] = []  # the path of ``node`` below the root, symlinks resolved
-        pending = list(path)
+        pending = list(reversed(path))  # names still to resolve, the next one last
         hops = 0
         while pending:
-            name = pending.pop(0)
+            name = pending.pop()
             if name == b"..":
                 node = stack.pop() if stack else self.root
                 del trail[-1:]
@@ -167,7 +167,7 @@ class Tree:
                 parts = [p for p in target.split(b"/") if p not in (b"", b".")]
                 if target.startswith(b"/"):
                     node, stack, trail = self.root, [], []
-                pending[:0] = parts
+                pending.extend(reversed(parts))
                 continue
             if not child.is_dir:
                 if create:
@@ -190,12 +190,38 @@ class Tree:
             return None
         return parent.children.get(path[-1])
 
-    def _parent_children(self, path: tuple[bytes, ...], layer: str) -> dict[bytes, Node]:
-        """The children of ``path``'s parent, creating missing directories on the way."""
-        parent = self._walk(path[:-1], layer, create=True, entry=path)
+    def _parent_children(
+        self, path: TreePath, layer: str, resolved: dict[TreePath, Node]
+    ) -> dict[bytes, Node]:
+        """The children of ``path``'s parent, creating missing directories on the way.
+
+        ``resolved``: directories already resolved while applying this layer, by path.
+        The layer's entries come in path order, so a parent is mostly the entry just
+        placed, and a deep tree is not walked from the root once per entry.
+        """
+        parent = resolved.get(path[:-1])
         if parent is None:
-            raise BadLayerError(f"layer {layer}: no parent directory for {_show(path)}")
+            parent = self._walk(path[:-1], layer, create=True, entry=path)
+            if parent is None:
+                raise BadLayerError(f"layer {layer}: no parent directory for {_show(path)}")
+            resolved[path[:-1]] = parent
         return _children_of(parent, layer, path)
+
+    def _place(
+        self,
+        siblings: dict[bytes, Node],
+        path: TreePath,
+        node: Node,
+        resolved: dict[TreePath, Node],
+    ) -> None:
+        """``node`` at ``path``, replacing what was there."""
+        existing = siblings.get(path[-1])
+        if existing is not None and (existing.is_dir or stat.S_ISLNK(existing.mode)):
+            # A path resolved before may have gone through what is replaced.
+            resolved.clear()
+        siblings[path[-1]] = node
+        if node.is_dir:
+            resolved[path] = node
 
     # -- applying a layer -------------------------------------------------------------
 
@@ -211,17 +237,19 @@ class Tree:
             parent = self._walk(path[:-1], layer, create=False)
             if parent is not None and parent.children is not None:
                 parent.children.pop(path[-1], None)
+        resolved: dict[TreePath, Node] = {}
         for path in sorted(changes.nodes):
             entry, node = changes.nodes[path]
             if not path:
                 self.root.take_attributes(entry)
                 continue
-            siblings = self._parent_children(path, layer)
+            siblings = self._parent_children(path, layer, resolved)
             existing = siblings.get(path[-1])
             if node.is_dir and existing is not None and existing.is_dir:
                 existing.take_attributes(entry)
+                resolved[path] = existing
             else:
-                siblings[path[-1]] = node
+                self._place(siblings, path, node, resolved)
         for path in sorted(changes.hardlinks):
             source = changes.link_source(path)
             target = self.lookup(source)
@@ -233,7 +261,7 @@ class Tree:
                 raise BadLayerError(f"layer {layer}: hardlink {_show(path)} points at a directory")
             if not path:
                 raise BadLayerError(f"layer {layer}: hardlink replaces the root")
-            self._parent_children(path, layer)[path[-1]] = target
+            self._place(self._parent_children(path, layer, resolved), path, target, resolved)
             links[path] = target
         return links
 
