@@ -18,6 +18,7 @@ from ketch.errors import BadLayerError
 from ketch.oci.tar_layer import EntryKind, LayerEntry
 
 _MAX_SYMLINK_HOPS = 40
+_SYMLINK_MODE = stat.S_IFLNK | 0o777
 ChunkList = list[tuple[bytes, int]]  # (digest, uncompressed size) in file order
 TreePath = tuple[bytes, ...]  # a path below the root, one name per part
 
@@ -47,7 +48,9 @@ class Node:
     @classmethod
     def from_entry(cls, entry: LayerEntry, chunks: ChunkList | None = None) -> Node:
         node = cls(
-            mode=entry.mode,
+            # A symlink's permission bits mean nothing on Linux and read 0777 whatever a
+            # tar header says (as after umoci's unpack): stored so, its digest follows.
+            mode=_SYMLINK_MODE if entry.kind is EntryKind.SYMLINK else entry.mode,
             uid=entry.uid,
             gid=entry.gid,
             mtime_sec=entry.mtime_sec,
