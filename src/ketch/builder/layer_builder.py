@@ -7,9 +7,10 @@ so its bytes do not depend on tar order: files in path order (depth-first, names
 a hardlinked file at the first of its names in this layer (whichever name the tar gave
 the data), and each chunk where the first file in that order uses it (whichever file
 brought it first). When arrival order already is tree order (umoci and Docker write
-layers that way) the spool becomes the blob as is. Sealing (any rewrite in tree order, table, trailer, sha256) runs on the
-writer thread too, while the calling thread goes on with the next layer: the calling
-thread is the convert's bottleneck, so it only decides, and never writes or hashes.
+layers that way) the spool becomes the blob as is. Sealing (any rewrite in tree order,
+table, trailer, sha256) runs on the writer thread too, while the calling thread goes on
+with the next layer: the calling thread is the convert's bottleneck, so it only decides,
+and never writes or hashes.
 """
 
 from __future__ import annotations
