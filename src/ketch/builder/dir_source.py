@@ -60,7 +60,9 @@ def directory_entries(root: Path) -> Iterator[tuple[LayerEntry, DataSource | Non
     base = os.fsencode(root)
     seen_inodes: dict[tuple[int, int], tuple[bytes, ...]] = {}
 
-    def walk(rel: tuple[bytes, ...]) -> Iterator[tuple[LayerEntry, DataSource | None]]:
+    def entries(rel: tuple[bytes, ...]) -> Iterator[tuple[LayerEntry, DataSource | None]]:
+        """The entry at ``rel``: nothing for a socket, a hardlink for a name of an
+        inode met before."""
         full = os.path.join(base, *rel) if rel else base
         st = os.lstat(full)
         kind = _KINDS.get(stat.S_IFMT(st.st_mode))
@@ -94,10 +96,13 @@ def directory_entries(root: Path) -> Iterator[tuple[LayerEntry, DataSource | Non
             yield entry, None
         elif kind is EntryKind.DIR:
             yield entry, None
-            for name in sorted(os.listdir(full)):
-                yield from walk((*rel, name))
+            # Depth-first with a stack of our own: a tree may be deeper than the
+            # interpreter's recursion limit.
+            pending.extend((*rel, name) for name in sorted(os.listdir(full), reverse=True))
         else:
             entry.rdev = st.st_rdev
             yield entry, None
 
-    yield from walk(())
+    pending: list[tuple[bytes, ...]] = [()]  # paths still to visit, the next one last
+    while pending:
+        yield from entries(pending.pop())

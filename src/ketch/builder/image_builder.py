@@ -184,13 +184,12 @@ class ImageBuilder:
             writer=writer,
             on_bytes=self.progress.advance,
         )
-        result: LayerResult = builder.build(name, entries)
+        result: LayerResult = builder.build(name, entries, self.tree.apply)
         summary = LayerSummary(
             name, None, 0, result.file_bytes, result.chunks_seen, result.chunks_stored
         )
         if result.blob is not None:
             self._pending.append((summary, result.blob))  # before anything else can fail
-        self.tree.apply(result.changes)
         self.layers.append(summary)
         self.progress.layer_finished(name)
 

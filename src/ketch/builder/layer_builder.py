@@ -2,17 +2,21 @@
 
 Chunks are hashed and compressed on a thread pool (blake3, zstd and lz4 release the GIL),
 in bounded flight; dedup decisions are taken in order on the calling thread. New chunks
-are spooled in arrival order by a writer thread, then the blob is laid out in tree order
-(depth-first, names sorted), so its bytes do not depend on tar order. When arrival order
-already is tree order (umoci and Docker write layers that way) the spool becomes the
-blob as is. Sealing (any rewrite in tree order, table, trailer, sha256) runs on the
-writer thread too, while the calling thread goes on with the next layer: the calling
-thread is the convert's bottleneck, so it only decides, and never writes or hashes.
+are spooled in arrival order by a writer thread, then the blob is laid out in tree order,
+so its bytes do not depend on tar order: files in path order (depth-first, names sorted),
+a hardlinked file at the first of its names in this layer (whichever name the tar gave
+the data), and each chunk where the first file in that order uses it (whichever file
+brought it first). When arrival order already is tree order (umoci and Docker write
+layers that way) the spool becomes the blob as is. Sealing (any rewrite in tree order,
+table, trailer, sha256) runs on the writer thread too, while the calling thread goes on
+with the next layer: the calling thread is the convert's bottleneck, so it only decides,
+and never writes or hashes.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +26,7 @@ from pathlib import Path
 
 from ketch.builder.chunk_index import ChunkIndex, ChunkLocation
 from ketch.builder.chunker import Chunker
-from ketch.builder.tree import LayerChanges, Node
+from ketch.builder.tree import LayerChanges, Node, TreePath
 from ketch.errors import BadLayerError
 from ketch.format.blob import BlobWriter, pack_table
 from ketch.format.codecs import Codec, CodecId
@@ -140,12 +144,16 @@ class LayerBuilder:
         return digest, (compressed, self._codec.codec_id), len(data)
 
     def build(
-        self, name: str, entries: Iterator[tuple[LayerEntry, DataSource | None]]
+        self,
+        name: str,
+        entries: Iterator[tuple[LayerEntry, DataSource | None]],
+        apply: Callable[[LayerChanges], dict[TreePath, Node]],
     ) -> LayerResult:
-        """The layer's changes now; its blob once the writer thread has sealed it."""
+        """The layer's changes, applied with ``apply`` (which gives the node each hardlink
+        names); its blob once the writer thread has sealed it."""
         spool = _Spool(self._scratch, self._algo, self._writer)
         try:
-            return self._build(name, entries, spool)
+            return self._build(name, entries, apply, spool)
         except BaseException:
             spool.abandon()
             raise
@@ -154,6 +162,7 @@ class LayerBuilder:
         self,
         name: str,
         entries: Iterator[tuple[LayerEntry, DataSource | None]],
+        apply: Callable[[LayerChanges], dict[TreePath, Node]],
         spool: _Spool,
     ) -> LayerResult:
         changes = LayerChanges(name)
@@ -236,11 +245,16 @@ class LayerBuilder:
         finally:
             for _, future in inflight:
                 future.cancel()
-        blob = self._seal(changes, spool, new)
+        links = apply(changes)
+        blob = self._seal(changes, links, spool, new)
         return LayerResult(changes, blob, file_bytes, seen, len(new))
 
     def _seal(
-        self, changes: LayerChanges, spool: _Spool, new: dict[bytes, ChunkLocation]
+        self,
+        changes: LayerChanges,
+        links: dict[TreePath, Node],
+        spool: _Spool,
+        new: dict[bytes, ChunkLocation],
     ) -> Future[LayerBlob] | None:
         """Decide the blob's layout here; have the writer thread write and seal it."""
         if not new:
@@ -248,9 +262,8 @@ class LayerBuilder:
             return None
         order: list[bytes] = []
         placed: set[bytes] = set()
-        nodes = changes.nodes
-        for path in changes.file_paths_in_order():
-            for chunk_digest, _ in nodes[path][1].chunks:
+        for node in _files_in_tree_order(changes, links):
+            for chunk_digest, _ in node.chunks:
                 if chunk_digest in new and chunk_digest not in placed:
                     placed.add(chunk_digest)
                     order.append(chunk_digest)
@@ -319,3 +332,17 @@ class LayerBuilder:
         for location in locations:
             location.blob = blob_digest
         return LayerBlob(blob_digest, size, len(rows), final)
+
+
+def _files_in_tree_order(changes: LayerChanges, links: dict[TreePath, Node]) -> list[Node]:
+    """The layer's regular files, each at the first of its names in this layer: the
+    data entry's path or the path of a hardlink of this layer that names it."""
+    first: dict[int, tuple[TreePath, Node]] = {}
+    for path, (_, node) in changes.nodes.items():
+        if stat.S_ISREG(node.mode):
+            first[id(node)] = (path, node)
+    for path, node in links.items():
+        known = first.get(id(node))
+        if known is not None and path < known[0]:
+            first[id(node)] = (path, node)
+    return [node for _, node in sorted(first.values(), key=lambda item: item[0])]

@@ -18,7 +18,9 @@ from ketch.errors import BadLayerError
 from ketch.oci.tar_layer import EntryKind, LayerEntry
 
 _MAX_SYMLINK_HOPS = 40
+_SYMLINK_MODE = stat.S_IFLNK | 0o777
 ChunkList = list[tuple[bytes, int]]  # (digest, uncompressed size) in file order
+TreePath = tuple[bytes, ...]  # a path below the root, one name per part
 
 
 @dataclass(slots=True, eq=False)
@@ -46,7 +48,9 @@ class Node:
     @classmethod
     def from_entry(cls, entry: LayerEntry, chunks: ChunkList | None = None) -> Node:
         node = cls(
-            mode=entry.mode,
+            # A symlink's permission bits mean nothing on Linux and read 0777 whatever a
+            # tar header says (as after umoci's unpack): stored so, its digest follows.
+            mode=_SYMLINK_MODE if entry.kind is EntryKind.SYMLINK else entry.mode,
             uid=entry.uid,
             gid=entry.gid,
             mtime_sec=entry.mtime_sec,
@@ -97,9 +101,18 @@ class LayerChanges:
         elif node is not None:
             self.nodes[entry.path] = (entry, node)
 
-    def file_paths_in_order(self) -> list[tuple[bytes, ...]]:
-        """Regular files of this layer in tree (depth-first, sorted) order."""
-        return sorted(p for p, (_, node) in self.nodes.items() if stat.S_ISREG(node.mode))
+    def link_source(self, path: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        """What the hardlink at ``path`` names, through links to links of this layer
+        (a tar may link to an earlier link; the layer is applied in path order, where
+        that earlier link may come later). A cycle names what the lower layers hold."""
+        seen = {path}
+        source = self.hardlinks[path].link_path
+        while source in self.hardlinks:
+            if source in seen:
+                return self.hardlinks[path].link_path
+            seen.add(source)
+            source = self.hardlinks[source].link_path
+        return source
 
 
 class Tree:
@@ -132,10 +145,10 @@ class Tree:
         node = self.root
         stack: list[Node] = []
         trail: list[bytes] = []  # the path of ``node`` below the root, symlinks resolved
-        pending = list(path)
+        pending = list(reversed(path))  # names still to resolve, the next one last
         hops = 0
         while pending:
-            name = pending.pop(0)
+            name = pending.pop()
             if name == b"..":
                 node = stack.pop() if stack else self.root
                 del trail[-1:]
@@ -157,7 +170,7 @@ class Tree:
                 parts = [p for p in target.split(b"/") if p not in (b"", b".")]
                 if target.startswith(b"/"):
                     node, stack, trail = self.root, [], []
-                pending[:0] = parts
+                pending.extend(reversed(parts))
                 continue
             if not child.is_dir:
                 if create:
@@ -180,17 +193,45 @@ class Tree:
             return None
         return parent.children.get(path[-1])
 
-    def _parent_children(self, path: tuple[bytes, ...], layer: str) -> dict[bytes, Node]:
-        """The children of ``path``'s parent, creating missing directories on the way."""
-        parent = self._walk(path[:-1], layer, create=True, entry=path)
+    def _parent_children(
+        self, path: TreePath, layer: str, resolved: dict[TreePath, Node]
+    ) -> dict[bytes, Node]:
+        """The children of ``path``'s parent, creating missing directories on the way.
+
+        ``resolved``: directories already resolved while applying this layer, by path.
+        The layer's entries come in path order, so a parent is mostly the entry just
+        placed, and a deep tree is not walked from the root once per entry.
+        """
+        parent = resolved.get(path[:-1])
         if parent is None:
-            raise BadLayerError(f"layer {layer}: no parent directory for {_show(path)}")
+            parent = self._walk(path[:-1], layer, create=True, entry=path)
+            if parent is None:
+                raise BadLayerError(f"layer {layer}: no parent directory for {_show(path)}")
+            resolved[path[:-1]] = parent
         return _children_of(parent, layer, path)
+
+    def _place(
+        self,
+        siblings: dict[bytes, Node],
+        path: TreePath,
+        node: Node,
+        resolved: dict[TreePath, Node],
+    ) -> None:
+        """``node`` at ``path``, replacing what was there."""
+        existing = siblings.get(path[-1])
+        if existing is not None and (existing.is_dir or stat.S_ISLNK(existing.mode)):
+            # A path resolved before may have gone through what is replaced.
+            resolved.clear()
+        siblings[path[-1]] = node
+        if node.is_dir:
+            resolved[path] = node
 
     # -- applying a layer -------------------------------------------------------------
 
-    def apply(self, changes: LayerChanges) -> None:
+    def apply(self, changes: LayerChanges) -> dict[tuple[bytes, ...], Node]:
+        """Apply one layer; the node each of its hardlinks names, by the link's path."""
         layer = changes.name
+        links: dict[tuple[bytes, ...], Node] = {}
         for path in sorted(changes.opaque):
             directory = self._walk(path, layer, create=False) if path else self.root
             if directory is not None and directory.children is not None:
@@ -199,29 +240,33 @@ class Tree:
             parent = self._walk(path[:-1], layer, create=False)
             if parent is not None and parent.children is not None:
                 parent.children.pop(path[-1], None)
+        resolved: dict[TreePath, Node] = {}
         for path in sorted(changes.nodes):
             entry, node = changes.nodes[path]
             if not path:
                 self.root.take_attributes(entry)
                 continue
-            siblings = self._parent_children(path, layer)
+            siblings = self._parent_children(path, layer, resolved)
             existing = siblings.get(path[-1])
             if node.is_dir and existing is not None and existing.is_dir:
                 existing.take_attributes(entry)
+                resolved[path] = existing
             else:
-                siblings[path[-1]] = node
+                self._place(siblings, path, node, resolved)
         for path in sorted(changes.hardlinks):
-            entry = changes.hardlinks[path]
-            target = self.lookup(entry.link_path)
+            source = changes.link_source(path)
+            target = self.lookup(source)
             if target is None:
                 raise BadLayerError(
-                    f"layer {layer}: hardlink {_show(path)} -> {_show(entry.link_path)}: target not found"
+                    f"layer {layer}: hardlink {_show(path)} -> {_show(source)}: target not found"
                 )
             if target.is_dir:
                 raise BadLayerError(f"layer {layer}: hardlink {_show(path)} points at a directory")
             if not path:
                 raise BadLayerError(f"layer {layer}: hardlink replaces the root")
-            self._parent_children(path, layer)[path[-1]] = target
+            self._place(self._parent_children(path, layer, resolved), path, target, resolved)
+            links[path] = target
+        return links
 
 
 def _children_of(node: Node, layer: str, path: tuple[bytes, ...]) -> dict[bytes, Node]:

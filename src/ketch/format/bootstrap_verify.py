@@ -9,6 +9,8 @@ Problems are collected, not raised, so ``ketch check`` can name each place that 
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from ketch.errors import KetchError
 from ketch.format.bootstrap import ROOT_INODE, Bootstrap
@@ -35,7 +37,7 @@ def verify_bootstrap(bs: Bootstrap) -> list[str]:
     walker = _Walker(bs, problems)
     try:
         computed = walker.digest_of(ROOT_INODE, "/")
-    except (KetchError, RecursionError) as exc:
+    except KetchError as exc:
         problems.append(f"{bs.name}: tree walk failed: {exc}")
         return problems
     if computed != bs.root_digest:
@@ -55,18 +57,69 @@ def verify_bootstrap(bs: Bootstrap) -> list[str]:
     return problems
 
 
+@dataclass(slots=True)
+class _Directory:
+    """A directory being walked: its children so far, as (name, digest)."""
+
+    index: int
+    path: str
+    name: bytes  # its name in the directory that led here
+    attrs: NodeAttrs
+    entries: Iterator[tuple[bytes, int]]
+    children: list[tuple[bytes, bytes]] = field(default_factory=list)
+    previous: bytes | None = None
+    subdirs: int = 0
+
+
 class _Walker:
+    """Depth-first over the tree with a stack of its own, not Python's: a tree may be
+    deeper than the interpreter's recursion limit."""
+
     def __init__(self, bs: Bootstrap, problems: list[str]) -> None:
         self.bs = bs
         self.problems = problems
         self.done: dict[int, bytes] = {}
         self.links: dict[int, int] = {}
         self.on_path: set[int] = set()
+        self.stack: list[_Directory] = []
 
     def report(self, path: str, what: str, expected: object, found: object) -> None:
         self.problems.append(f"{self.bs.name}: {path}: {what}: expected {expected}, found {found}")
 
     def digest_of(self, index: int, path: str) -> bytes:
+        """The digest of the node ``index`` (for a directory, of everything below it)."""
+        digest = self._enter(index, path, b"")
+        stack = self.stack
+        while stack:
+            top = stack[-1]
+            item = next(top.entries, None)
+            if item is None:
+                stack.pop()
+                digest = self._leave(top)
+                if stack:
+                    stack[-1].children.append((top.name, digest))
+                continue
+            name, child = item
+            shown = top.path.rstrip("/") + "/" + name.decode(errors="replace")
+            if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+                self.report(shown, "entry name", "a plain name", repr(name))
+            if top.previous is not None and name <= top.previous:
+                self.report(shown, "entry order", f"after {top.previous!r}", "not after")
+            top.previous = name
+            if child == ROOT_INODE:
+                self.report(shown, "entry inode", "not the root", child)
+                continue
+            if stat.S_ISDIR(self.bs.inode(child).mode):
+                top.subdirs += 1
+            found = self._enter(child, shown, name)
+            if found is not None:
+                top.children.append((name, found))
+        if digest is None:
+            raise KetchError(f"{self.bs.name}: tree walk of {path} ended early")
+        return digest
+
+    def _enter(self, index: int, path: str, name: bytes) -> bytes | None:
+        """A node's digest; None for a directory, which is pushed to be walked."""
         self.links[index] = self.links.get(index, 0) + 1
         if index in self.done:
             return self.done[index]
@@ -90,9 +143,9 @@ class _Walker:
                 self.report(path, "directory cycle", "a tree", f"inode {index} again")
                 return b""
             self.on_path.add(index)
-            digest = directory_digest(bs.digest_algorithm, attrs, self._children(index, path))
-            self.on_path.discard(index)
-        elif stat.S_ISREG(mode):
+            self.stack.append(_Directory(index, path, name, attrs, bs.children(index)))
+            return None
+        if stat.S_ISREG(mode):
             digest = file_digest(bs.digest_algorithm, attrs, self._chunk_digests(index, path))
         elif stat.S_ISLNK(mode):
             target = bs.symlink_target(index)
@@ -104,33 +157,24 @@ class _Walker:
         else:
             self.report(path, "file type", "dir/file/symlink/device/fifo/socket", oct(mode))
             digest = b""
+        return self._done(index, path, digest)
+
+    def _leave(self, directory: _Directory) -> bytes:
+        """A directory whose entries have all been walked: its digest."""
+        index, path = directory.index, directory.path
+        record = self.bs.inode(index)
+        if record.nlink != 2 + directory.subdirs:
+            self.report(path, "directory nlink", 2 + directory.subdirs, record.nlink)
+        digest = directory_digest(self.bs.digest_algorithm, directory.attrs, directory.children)
+        self.on_path.discard(index)
+        return self._done(index, path, digest)
+
+    def _done(self, index: int, path: str, digest: bytes) -> bytes:
+        record = self.bs.inode(index)
         if digest != record.digest:
             self.report(path, "node digest", record.digest.hex(), digest.hex())
         self.done[index] = digest
         return digest
-
-    def _children(self, index: int, path: str) -> list[tuple[bytes, bytes]]:
-        out: list[tuple[bytes, bytes]] = []
-        previous: bytes | None = None
-        subdirs = 0
-        for name, child in self.bs.children(index):
-            shown = path.rstrip("/") + "/" + name.decode(errors="replace")
-            if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
-                self.report(shown, "entry name", "a plain name", repr(name))
-            if previous is not None and name <= previous:
-                self.report(shown, "entry order", f"after {previous!r}", "not after")
-            previous = name
-            if child == ROOT_INODE:
-                self.report(shown, "entry inode", "not the root", child)
-                continue
-            digest = self.digest_of(child, shown)
-            if stat.S_ISDIR(self.bs.inode(child).mode):
-                subdirs += 1
-            out.append((name, digest))
-        record = self.bs.inode(index)
-        if record.nlink != 2 + subdirs:
-            self.report(path, "directory nlink", 2 + subdirs, record.nlink)
-        return out
 
     def _chunk_digests(self, index: int, path: str) -> list[bytes]:
         bs = self.bs

@@ -8,13 +8,12 @@ end, so an interrupted unpack leaves no half tree under the destination's name.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ketch.errors import IntegrityError, StorageError, UsageError
@@ -25,7 +24,26 @@ _WRITE_BLOCK = 4 << 20
 _ZEROS = bytes(_WRITE_BLOCK)
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+@dataclass(slots=True)
+class _Directory:
+    """A directory being written: where it is, and its entries still to write."""
+
+    ino: int
+    rel: bytes
+    attr: Attr
+    entries: Iterator[tuple[bytes, int]]
+    identity: tuple[int, int]  # st_dev, st_ino of the directory made
+
+
 class _Unpacker:
+    """Depth-first with a stack of its own, not Python's (a tree may be deeper than the
+    recursion limit), and one open directory at a time (or as deep a tree would need as
+    many descriptors): a walk goes down by name and back up by "..", checked to be the
+    directory it left."""
+
     def __init__(self, fs: ImageFS, on_bytes: Callable[[int], None]) -> None:
         self.fs = fs
         self.on_bytes = on_bytes
@@ -34,56 +52,90 @@ class _Unpacker:
 
     def run(self, root_fd: int) -> None:
         self.root_fd = root_fd
-        self._directory(ROOT_INO, root_fd, b"")
-        self._apply_attrs(self.fs.getattr(ROOT_INO), root_fd, None, ROOT_INO)
+        fs = self.fs
+        fd = os.dup(root_fd)  # the directory on top of the stack
+        try:
+            stack = [
+                _Directory(ROOT_INO, b"", fs.getattr(ROOT_INO), fs.readdir(ROOT_INO), _identity(fd))
+            ]
+            while stack:
+                top = stack[-1]
+                item = next(top.entries, None)
+                if item is None:
+                    # Up to the parent first: this directory's mode may forbid entering it.
+                    stack.pop()
+                    parent_fd = self._parent(fd, stack[-1]) if stack else -1
+                    self._apply_attrs(top.attr, fd, None, top.ino)
+                    os.close(fd)
+                    fd = parent_fd
+                    continue
+                name, child = item
+                below = self._entry(top, fd, name, child)
+                if below is not None:
+                    os.close(fd)
+                    fd = below[0]
+                    stack.append(below[1])
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
-    def _directory(self, ino: int, dir_fd: int, rel: bytes) -> None:
-        for name, child in self.fs.readdir(ino):
-            if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
-                raise IntegrityError(
-                    f"directory {rel.decode(errors='replace') or '/'}: bad entry name {name!r}"
-                )
-            child_rel = rel + b"/" + name if rel else name
-            attr = self.fs.getattr(child)
-            if child in self.first_path and not stat.S_ISDIR(attr.mode):
-                os.link(
-                    self.first_path[child],
-                    name,
-                    src_dir_fd=self.root_fd,
-                    dst_dir_fd=dir_fd,
-                    follow_symlinks=False,
-                )
-                continue
-            self.first_path[child] = child_rel
-            kind = stat.S_IFMT(attr.mode)
-            if kind == stat.S_IFDIR:
-                os.mkdir(name, 0o700, dir_fd=dir_fd)
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-                try:
-                    self._directory(child, fd, child_rel)
-                    self._apply_attrs(attr, fd, None, child)
-                finally:
-                    os.close(fd)
-            elif kind == stat.S_IFREG:
-                fd = os.open(
-                    name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd
-                )
-                try:
-                    self._write_contents(child, attr.size, fd)
-                    self._apply_attrs(attr, fd, None, child)
-                finally:
-                    os.close(fd)
-                self.files += 1
-            elif kind == stat.S_IFLNK:
-                os.symlink(self.fs.readlink(child), name, dir_fd=dir_fd)
-                self._apply_attrs(attr, dir_fd, name, child)
-            elif kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
-                os.mknod(name, kind | 0o600, attr.rdev, dir_fd=dir_fd)
-                self._apply_attrs(attr, dir_fd, name, child)
-            else:
-                raise IntegrityError(
-                    f"{child_rel.decode(errors='replace')}: unknown file type {oct(attr.mode)}"
-                )
+    def _parent(self, fd: int, parent: _Directory) -> int:
+        parent_fd = os.open(b"..", _DIR_FLAGS, dir_fd=fd)
+        if _identity(parent_fd) != parent.identity:
+            os.close(parent_fd)
+            raise StorageError(
+                f"{parent.rel.decode(errors='replace') or '/'}: moved while being unpacked"
+            )
+        return parent_fd
+
+    def _entry(
+        self, top: _Directory, dir_fd: int, name: bytes, child: int
+    ) -> tuple[int, _Directory] | None:
+        """Write one entry of ``top``; a directory is made and returned, open, to be
+        filled next."""
+        rel = top.rel
+        if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+            raise IntegrityError(
+                f"directory {rel.decode(errors='replace') or '/'}: bad entry name {name!r}"
+            )
+        child_rel = rel + b"/" + name if rel else name
+        attr = self.fs.getattr(child)
+        if child in self.first_path and not stat.S_ISDIR(attr.mode):
+            os.link(
+                self.first_path[child],
+                name,
+                src_dir_fd=self.root_fd,
+                dst_dir_fd=dir_fd,
+                follow_symlinks=False,
+            )
+            return None
+        self.first_path[child] = child_rel
+        kind = stat.S_IFMT(attr.mode)
+        if kind == stat.S_IFDIR:
+            os.mkdir(name, 0o700, dir_fd=dir_fd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+            return fd, _Directory(child, child_rel, attr, self.fs.readdir(child), _identity(fd))
+        if kind == stat.S_IFREG:
+            fd = os.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd
+            )
+            try:
+                self._write_contents(child, attr.size, fd)
+                self._apply_attrs(attr, fd, None, child)
+            finally:
+                os.close(fd)
+            self.files += 1
+        elif kind == stat.S_IFLNK:
+            os.symlink(self.fs.readlink(child), name, dir_fd=dir_fd)
+            self._apply_attrs(attr, dir_fd, name, child)
+        elif kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
+            os.mknod(name, kind | 0o600, attr.rdev, dir_fd=dir_fd)
+            self._apply_attrs(attr, dir_fd, name, child)
+        else:
+            raise IntegrityError(
+                f"{child_rel.decode(errors='replace')}: unknown file type {oct(attr.mode)}"
+            )
+        return None
 
     def _write_contents(self, ino: int, size: int, fd: int) -> None:
         """The file's bytes into ``fd``; blocks of zeros become holes (the file is as
@@ -167,6 +219,53 @@ def unpack(fs: ImageFS, dest: Path, on_bytes: Callable[[int], None] = lambda _: 
     return worker.files
 
 
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(path)
+    """Remove the staging tree as the unpack walks it: any depth, one directory open at
+    a time, never following a symlink."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        return
+    # The directories on the way down: name, identity, subdirectories still to remove.
+    stack = [(b"", _identity(fd), _clear(fd))]
+    try:
+        while True:
+            name, _, subdirs = stack[-1]
+            if subdirs:
+                child = subdirs.pop()
+                below = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = below
+                stack.append((child, _identity(fd), _clear(fd)))
+                continue
+            stack.pop()
+            if not stack:
+                break
+            parent_fd = os.open(b"..", _DIR_FLAGS, dir_fd=fd)
+            if _identity(parent_fd) != stack[-1][1]:
+                os.close(parent_fd)
+                raise StorageError(f"{path}: moved while being removed")
+            os.close(fd)
+            fd = parent_fd
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    path.rmdir()
+
+
+def _clear(fd: int) -> list[bytes]:
+    """Unlink every entry of directory ``fd`` but its subdirectories; their names."""
+    subdirs: list[bytes] = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            name = os.fsencode(entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(name)
+            else:
+                os.unlink(name, dir_fd=fd)
+    return subdirs
