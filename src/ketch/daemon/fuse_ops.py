@@ -45,6 +45,7 @@ class KetchOperations(pyfuse3.Operations):
         self._dirs: dict[int, int] = {}  # open directory handle -> inode
         self._listings: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
         self._handles = count(1)
+        self._error_paths: dict[int, str | None] = {}  # inodes whose reads failed
         # statfs reports the stored size: the sum of the blob records, no inode walk.
         self._stored_bytes = sum(blob.size for blob in fs.bootstrap.blobs())
 
@@ -146,12 +147,15 @@ class KetchOperations(pyfuse3.Operations):
 
     async def _describe(self, inode: int) -> str:
         """The inode and its path, for an error line: the path is found in a worker
-        thread (a scan of each directory above it), never on the loop."""
-        try:
-            path = await trio.to_thread.run_sync(self.fs.path_of, inode)
-        except KetchError:
-            path = None
-        return f"inode={inode} path={path}"
+        thread (a scan of each directory above it), never on the loop, and once per
+        inode (a bad chunk fails every read of its file)."""
+        if inode not in self._error_paths:
+            try:
+                path = await trio.to_thread.run_sync(self.fs.path_of, inode)
+            except KetchError:
+                path = None
+            self._error_paths[inode] = path
+        return f"inode={inode} path={self._error_paths[inode]}"
 
     def _read(self, inode: int, offset: int, size: int) -> bytes:
         return self.fs.read(inode, offset, size)
