@@ -14,6 +14,8 @@ from bench import (
     cdc_vs_fixed,
     cold_start,
     convert_speed,
+    deep_tree,
+    large_dir,
     metadata_walk,
     mount_read,
     mount_time,
@@ -34,6 +36,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     metadata_walk.BENCHMARK,
     mount_time.BENCHMARK,
     cold_start.BENCHMARK,
+    large_dir.BENCHMARK,
+    deep_tree.BENCHMARK,
 )
 
 

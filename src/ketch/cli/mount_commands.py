@@ -106,7 +106,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     if args.paths:
         for entry in files:
-            print(entry["path"])
+            if entry["path"] is not None:  # None: no directory names it (damaged image)
+                print(entry["path"])
         return 0
     mount = daemon["mounts"][0]
     print(f"{mountpoint}: {mount['image']} (pid {daemon['pid']})")

@@ -1,7 +1,8 @@
 """The control API: HTTP/JSON on a unix socket, served from a thread.
 
 GET /api/v1/daemon   state, version, mounts
-GET /api/v1/files    files read so far, first-access order, bytes read
+GET /api/v1/files    files read so far, first-access order, bytes read (paths resolved
+                     at the request, not at each read: ``access_trace``)
 GET /metrics         Prometheus text
 """
 

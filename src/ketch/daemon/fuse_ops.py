@@ -14,7 +14,6 @@ import errno
 import logging
 import os
 import stat
-import threading
 import time
 from collections.abc import Sequence
 from itertools import count
@@ -46,8 +45,7 @@ class KetchOperations(pyfuse3.Operations):
         self._dirs: dict[int, int] = {}  # open directory handle -> inode
         self._listings: dict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = {}
         self._handles = count(1)
-        self._paths: dict[int, str] = {}
-        self._paths_lock = threading.Lock()
+        self._error_paths: dict[int, str | None] = {}  # inodes whose reads failed
         # statfs reports the stored size: the sum of the blob records, no inode walk.
         self._stored_bytes = sum(blob.size for blob in fs.bootstrap.blobs())
 
@@ -147,14 +145,17 @@ class KetchOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(inode), keep_cache=True)
 
-    def _path(self, inode: int) -> str:
-        with self._paths_lock:
-            path = self._paths.get(inode)
-        if path is None:
-            path = self.fs.path_of(inode)
-            with self._paths_lock:
-                self._paths[inode] = path
-        return path
+    async def _describe(self, inode: int) -> str:
+        """The inode and its path, for an error line: the path is found in a worker
+        thread (a scan of each directory above it), never on the loop, and once per
+        inode (a bad chunk fails every read of its file)."""
+        if inode not in self._error_paths:
+            try:
+                path = await trio.to_thread.run_sync(self.fs.path_of, inode)
+            except KetchError:
+                path = None
+            self._error_paths[inode] = path
+        return f"inode={inode} path={self._error_paths[inode]}"
 
     def _read(self, inode: int, offset: int, size: int) -> bytes:
         return self.fs.read(inode, offset, size)
@@ -171,11 +172,12 @@ class KetchOperations(pyfuse3.Operations):
         except IntegrityError as exc:
             # Counted in ketch_chunk_verify_failures_total by the chunk reader, per chunk.
             self.metrics.add(self.metrics.read_errors)
-            log.error("chunk verification failed path=%s error=%r", self._path(fh), exc.message)
+            where = await self._describe(fh)
+            log.error("chunk verification failed %s error=%r", where, exc.message)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except KetchError as exc:
             self.metrics.add(self.metrics.read_errors)
-            log.error("read failed path=%s error=%r", self._path(fh), exc.message)
+            log.error("read failed %s error=%r", await self._describe(fh), exc.message)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception as exc:
             # A bug in the read path: EIO for this read, never the end of the daemon
@@ -185,7 +187,9 @@ class KetchOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
         self.metrics.observe_read(time.monotonic() - started)
         self.metrics.add(self.metrics.read_bytes, len(data))
-        self.trace.record(fh, self._path(fh) if not self.trace.seen(fh) else "", len(data))
+        # The inode only: its path is resolved when the trace is asked for, so a read's
+        # cost does not grow with the size of the file's directory.
+        self.trace.record(fh, len(data))
         return data
 
     async def release(self, fh: int) -> None:

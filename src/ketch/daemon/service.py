@@ -82,7 +82,6 @@ class _Daemon:
         self.config = config
         self.image = image
         self.metrics = Metrics()
-        self.trace = AccessTrace()
         algo = image.bootstrap.digest_algorithm
         self.cache = ChunkCache(
             config.cache_dir / "chunks", config.cache_size, algo, scan_in_background=True
@@ -97,6 +96,7 @@ class _Daemon:
             blob_chunks=self.blob_chunks,
         )
         self.fs = ImageFS(image.bootstrap, self.reader)
+        self.trace = AccessTrace(self.fs.paths_of)
         self.ops = KetchOperations(self.fs, self.metrics, self.trace)
         self.api_sock = config.api_sock or default_api_sock(config.mountpoint)
 

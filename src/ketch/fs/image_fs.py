@@ -18,12 +18,13 @@ import itertools
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ketch.errors import KetchError, NotFoundError
 from ketch.format.bootstrap import ROOT_INODE, Bootstrap
 from ketch.format.records import ChunkRecord
+from ketch.fs.path_names import paths_of
 from ketch.storage.chunk_reader import ChunkSource, PrefetchingSource
 
 ROOT_INO = ROOT_INODE + 1
@@ -91,19 +92,17 @@ class ImageFS:
         """The directory that first names ``ino`` (the root is its own parent)."""
         return self.bootstrap.inode(self._index(ino)).parent + 1
 
-    def path_of(self, ino: int) -> str:
-        """A path naming ``ino`` (the first name, for hardlinks), by walking up parents."""
-        parts: list[bytes] = []
-        seen = 0
-        while ino != ROOT_INO and seen < 4096:
-            parent = self.parent(ino)
-            name = next((n for n, child in self.readdir(parent) if child == ino), None)
-            if name is None:
-                break
-            parts.append(name)
-            ino = parent
-            seen += 1
-        return "/" + b"/".join(reversed(parts)).decode("utf-8", "surrogateescape")
+    def paths_of(self, inos: Iterable[int]) -> dict[int, str]:
+        """Paths naming ``inos`` (the first name, for hardlinks), found together: each
+        directory that names one of them is scanned once (``path_names``). An inode no
+        directory names is left out."""
+        found = paths_of(self.bootstrap, (ino - 1 for ino in inos))
+        return {index + 1: path.decode("utf-8", "surrogateescape") for index, path in found.items()}
+
+    def path_of(self, ino: int) -> str | None:
+        """A path naming ``ino``: a scan of each directory above it, so not for every read
+        (the access trace records inode numbers and asks ``paths_of`` for all at once)."""
+        return self.paths_of([ino]).get(ino)
 
     def readdir(self, ino: int) -> Iterator[tuple[bytes, int]]:
         for name, index in self.bootstrap.children(self._index(ino)):
