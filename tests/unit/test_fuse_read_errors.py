@@ -54,7 +54,7 @@ def test_any_read_path_error_is_eio_and_one_error_line(
     image = open_ketch_image(OciLayoutStore.open(tmp_path / "image"), "ketch")
     fs = ImageFS(image.bootstrap, RaisingSource(error))
     metrics = Metrics()
-    ops = KetchOperations(fs, metrics, AccessTrace())
+    ops = KetchOperations(fs, metrics, AccessTrace(fs.paths_of))
     ino = fs.resolve("/f")
 
     async def read() -> bytes:
