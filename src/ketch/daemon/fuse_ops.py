@@ -15,8 +15,10 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import wraps
 from itertools import count
+from typing import Any, TypeVar
 
 import pyfuse3
 import trio
@@ -30,6 +32,29 @@ log = logging.getLogger("ketch.daemon")
 
 CACHE_TIMEOUT = 86400.0  # seconds: nothing in an image ever changes
 _BLOCK_SIZE = 4096
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def _guarded(handler: _Handler) -> _Handler:
+    """EIO and one ERROR line for any exception a metadata handler raises that is not
+    already a FUSE answer: pyfuse3 ends its main loop, and so the daemon, on anything else
+    (a damaged bootstrap, or a bug), and one bad inode must not take the mount down."""
+
+    @wraps(handler)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except KetchError as exc:
+            log.error("%s failed error=%r", handler.__name__, exc.message)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:
+            log.error("%s failed (internal error) error=%r", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return guarded  # type: ignore[return-value]
 
 
 class KetchOperations(pyfuse3.Operations):
@@ -77,9 +102,11 @@ class KetchOperations(pyfuse3.Operations):
             log.error("getattr failed inode=%d error=%r", inode, exc.message)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
+    @_guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._entry(self._attr(inode))
 
+    @_guarded
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -105,6 +132,7 @@ class KetchOperations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         return None  # inodes are records of the bootstrap: nothing to free
 
+    @_guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         if not stat.S_ISLNK(self._attr(inode).mode):
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -112,6 +140,7 @@ class KetchOperations(pyfuse3.Operations):
 
     # -- directories ------------------------------------------------------------------
 
+    @_guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         if not stat.S_ISDIR(self._attr(inode).mode):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -126,6 +155,7 @@ class KetchOperations(pyfuse3.Operations):
         self._dirs[handle] = inode
         return pyfuse3.FileHandleT(handle)
 
+    @_guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         entries = self._listings.get(self._dirs.get(fh, -1), [])
         for position in range(start_id, len(entries)):
@@ -138,6 +168,7 @@ class KetchOperations(pyfuse3.Operations):
 
     # -- files ------------------------------------------------------------------------
 
+    @_guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -197,15 +228,18 @@ class KetchOperations(pyfuse3.Operations):
 
     # -- xattrs and the filesystem ----------------------------------------------------
 
+    @_guarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         value = self.fs.xattrs(inode).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
+    @_guarded
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         return list(self.fs.xattrs(inode))
 
+    @_guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         # overlayfs refuses a lower layer that cannot answer statfs.
         data = pyfuse3.StatvfsData()
