@@ -275,6 +275,25 @@ def test_umount_stops_the_daemon(mount: MountFactory) -> None:
     assert failed.returncode == 3 and failed.stderr.startswith("ketch: error:")
 
 
+def test_a_mountpoint_reached_through_a_symlink_mounts_and_unmounts(
+    tmp_path: Path, ketch_layout: Path
+) -> None:
+    real = tmp_path / "real"
+    (real / "mnt").mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    ketch(
+        "mount", f"oci:{ketch_layout}:base", str(link / "mnt"), "--cache-dir", str(tmp_path / "c")
+    )
+    assert (real / "mnt" / "etc" / "os-release").read_bytes()
+    status = json.loads(ketch("status", str(link / "mnt"), "--json").stdout)
+    assert status["daemon"]["pid"] > 0
+    ketch("umount", str(link / "mnt"))
+    # Gone from the kernel's table too: no mount left behind at the real path.
+    assert f" {real / 'mnt'} " not in Path("/proc/self/mountinfo").read_text()
+    assert os.listdir(real / "mnt") == []
+
+
 def test_mount_errors_are_one_line(tmp_path: Path, ketch_layout: Path) -> None:
     result = ketch("mount", f"oci:{ketch_layout}:nope", str(tmp_path), check=False)
     assert result.returncode == 3

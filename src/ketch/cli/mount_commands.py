@@ -13,7 +13,7 @@ from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size, report
 from ketch.daemon.launcher import service_socket, start_forked, start_via_service, unmount
 from ketch.daemon.node_service import daemon_request, requests_log_file
-from ketch.daemon.state import check_cache_dir, default_log_file, read_record
+from ketch.daemon.state import check_cache_dir, default_log_file, mountpoint_path, read_record
 from ketch.errors import NotFoundError, StorageError, UsageError
 
 
@@ -59,7 +59,7 @@ def _start_mount(args: argparse.Namespace, mountpoint: Path) -> int:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    mountpoint = Path(args.mountpoint).absolute()
+    mountpoint = mountpoint_path(args.mountpoint)
     check_cache_dir(args.cache_dir)
     if args.foreground:
         return _run_daemon(args, mountpoint)
@@ -80,7 +80,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    mountpoint = Path(args.mountpoint).absolute()
+    mountpoint = mountpoint_path(args.mountpoint)
     record = unmount(mountpoint)
     print(f"unmounted {mountpoint}" + (f" (daemon {record.pid} stopped)" if record else ""))
     return 0
@@ -89,7 +89,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from ketch.daemon.api import api_get  # noqa: PLC0415 - trio
 
-    mountpoint = Path(args.mountpoint).absolute()
+    mountpoint = mountpoint_path(args.mountpoint)
     record = read_record(mountpoint)
     if record is None or not record.alive():
         raise NotFoundError(f"{mountpoint}: no live Ketch mount")

@@ -37,6 +37,7 @@ from ketch.daemon.state import (
     is_mounted,
     make_cache_dir,
     mount_device,
+    mountpoint_path,
     read_record,
     remove_record,
     write_record,
@@ -271,7 +272,7 @@ def run_daemon(config: DaemonConfig, opened: KetchImage | None = None) -> int:
     """Mount and serve in this process until unmounted; the exit code. ``opened`` is the
     image when the caller has opened it already."""
     _setup_logging()
-    config.mountpoint = config.mountpoint.absolute()
+    config.mountpoint = mountpoint_path(config.mountpoint)
     ready_fd = config.ready_fd
     api: ApiServer | None = None
     try:

@@ -88,10 +88,18 @@ class MountRecord:
         return pid_alive(self.pid, self.started or None) and is_mounted(Path(self.mountpoint))
 
 
+def mountpoint_path(mountpoint: Path | str) -> Path:
+    """The one spelling of a mountpoint: absolute, its parent's symlinks resolved, as
+    /proc/self/mountinfo lists it (a mount made through a symlinked path is listed at the
+    real one). The last component is not resolved: that would stat the mountpoint, which
+    hangs on a FUSE mount whose daemon is not serving (yet, or any more)."""
+    absolute = os.path.abspath(mountpoint)
+    parent, name = os.path.split(absolute)
+    return Path(os.path.realpath(parent)) / name if name else Path(absolute)
+
+
 def _key(mountpoint: Path) -> str:
-    # abspath, not resolve(): resolving stats the mountpoint, which hangs on a FUSE mount
-    # whose daemon is not serving (yet, or any more).
-    return hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
+    return hashlib.sha256(str(mountpoint_path(mountpoint)).encode()).hexdigest()[:16]
 
 
 def record_path(mountpoint: Path) -> Path:
@@ -210,7 +218,7 @@ def claim_image_mount(manifest_digest: str, timeout: float = 120.0) -> tuple[Pat
 def _mountinfo(mountpoint: Path) -> list[str] | None:
     """The /proc/self/mountinfo fields of the mount exactly at ``mountpoint`` (the last
     one, if stacked), read without touching the mountpoint itself."""
-    target = os.path.abspath(mountpoint)
+    target = str(mountpoint_path(mountpoint))
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
