@@ -217,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     add_store_options(p)
     p.set_defaults(run="image_commands:cmd_check")
+
+    p = sub.add_parser("snapshotter", help="serve containerd's snapshots API (proxy plugin)")
+    p.add_argument("--address", type=Path, help="gRPC unix socket (default: [snapshotter] address)")
+    p.add_argument(
+        "--root", type=Path, help="metadata and snapshot dirs (default: [snapshotter] root)"
+    )
+    p.set_defaults(run="snapshot_commands:cmd_snapshotter")
     return parser
 
 

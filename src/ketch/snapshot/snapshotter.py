@@ -1,0 +1,156 @@
+"""The snapshotter: containerd's snapshot operations on dirs under a root, as its overlayfs one.
+
+    ROOT/metadata.db            snapshots (ketch.snapshot.metadata)
+    ROOT/snapshots/ID/fs        the snapshot's tree (the overlay upper dir while active)
+    ROOT/snapshots/ID/work      overlayfs work dir
+
+Mounts are containerd's overlayfs snapshotter's: a snapshot with no parent is a bind mount
+of its ``fs``; an active snapshot over parents is an overlay (``upperdir``, ``workdir``,
+``lowerdir=nearest:...:bottom``); a view over one parent binds that parent read-only. The
+dirs of a new snapshot exist before its row is committed, and a removed snapshot's dirs go
+after its row: a crash between leaves only dirs no row names, which ``cleanup`` removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ketch.snapshot.metadata import FailedPreconditionError, Kind, MetadataStore, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """As containerd.types.Mount."""
+
+    type: str
+    source: str
+    options: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    size: int  # bytes
+    inodes: int
+
+
+class Snapshotter:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.snapshots_dir = root / "snapshots"
+        self.snapshots_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o700)
+        self.metadata = MetadataStore(root / "metadata.db")
+
+    def close(self) -> None:
+        self.metadata.close()
+
+    def fs_dir(self, ident: int) -> Path:
+        return self.snapshots_dir / str(ident) / "fs"
+
+    def work_dir(self, ident: int) -> Path:
+        return self.snapshots_dir / str(ident) / "work"
+
+    # -- the snapshots API ----------------------------------------------------------
+
+    def prepare(self, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
+        return self._create(Kind.ACTIVE, key, parent, labels)
+
+    def view(self, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
+        return self._create(Kind.VIEW, key, parent, labels)
+
+    def mounts(self, key: str) -> list[Mount]:
+        snap = self.metadata.get(key)
+        if snap.kind == Kind.COMMITTED:
+            raise FailedPreconditionError(f"requested snapshot {key!r} not active or view")
+        return self._mounts(snap, self.metadata.chain(snap))
+
+    def commit(self, name: str, key: str, labels: Mapping[str, str]) -> None:
+        active = self.metadata.get(key)
+        usage = disk_usage(self.fs_dir(active.id)) if active.kind == Kind.ACTIVE else Usage(0, 0)
+        with self.metadata.transaction() as db:
+            MetadataStore.commit(db, name, key, labels, usage.size, usage.inodes)
+
+    def remove(self, key: str) -> None:
+        with self.metadata.transaction() as db:
+            snap = MetadataStore.remove(db, key)
+        self._remove_dirs(snap.id)
+
+    def stat(self, key: str) -> Snapshot:
+        return self.metadata.get(key)
+
+    def update(self, key: str, labels: Mapping[str, str], paths: list[str]) -> Snapshot:
+        with self.metadata.transaction() as db:
+            return MetadataStore.update_labels(db, key, labels, paths)
+
+    def usage(self, key: str) -> Usage:
+        snap = self.metadata.get(key)
+        if snap.kind == Kind.ACTIVE:
+            return disk_usage(self.fs_dir(snap.id))
+        return Usage(snap.size, snap.inodes)
+
+    def all(self) -> list[Snapshot]:
+        return self.metadata.all()
+
+    def cleanup(self) -> list[str]:
+        """Remove the dirs of snapshots no row names; return their names."""
+        owned = {str(snap.id) for snap in self.metadata.all()}
+        removed = []
+        for entry in sorted(os.listdir(self.snapshots_dir)):
+            if entry not in owned:
+                shutil.rmtree(self.snapshots_dir / entry, ignore_errors=True)
+                removed.append(entry)
+        return removed
+
+    # -- internals ------------------------------------------------------------------
+
+    def _create(self, kind: Kind, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
+        with self.metadata.transaction() as db:
+            snap = MetadataStore.create(db, kind, key, parent, labels)
+            try:
+                base = self.snapshots_dir / str(snap.id)
+                # A stale dir of this id (a crash before its row was committed) is not ours.
+                shutil.rmtree(base, ignore_errors=True)
+                base.mkdir(mode=0o700)
+                self.fs_dir(snap.id).mkdir(mode=0o755)
+                if kind == Kind.ACTIVE:
+                    self.work_dir(snap.id).mkdir(mode=0o711)
+            except BaseException:
+                self._remove_dirs(snap.id)
+                raise
+        return self._mounts(snap, self.metadata.chain(snap))
+
+    def _mounts(self, snap: Snapshot, parents: list[Snapshot]) -> list[Mount]:
+        if not parents:
+            mode = "ro" if snap.kind == Kind.VIEW else "rw"
+            return [Mount("bind", str(self.fs_dir(snap.id)), (mode, "rbind"))]
+        options = ["index=off"]
+        if snap.kind == Kind.ACTIVE:
+            options += [f"workdir={self.work_dir(snap.id)}", f"upperdir={self.fs_dir(snap.id)}"]
+        elif len(parents) == 1:
+            return [Mount("bind", str(self.fs_dir(parents[0].id)), ("ro", "rbind"))]
+        options.append("lowerdir=" + ":".join(str(self.fs_dir(p.id)) for p in parents))
+        return [Mount("overlay", "overlay", tuple(options))]
+
+    def _remove_dirs(self, ident: int) -> None:
+        base = self.snapshots_dir / str(ident)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(base)
+
+
+def disk_usage(path: Path) -> Usage:
+    """Bytes (allocated blocks) and inodes under ``path``, hard links counted once."""
+    seen: set[tuple[int, int]] = set()
+    size = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            size += st.st_blocks * 512
+    return Usage(size, len(seen))
