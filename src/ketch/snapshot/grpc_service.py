@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from ketch.daemon.state import DEFAULT_CACHE_DIR
 from ketch.snapshot.metadata import Snapshot, SnapshotError
 from ketch.snapshot.protos.containerd.services.snapshots.v1 import snapshots_pb2 as pb
 from ketch.snapshot.protos.containerd.types import mount_pb2
@@ -172,12 +173,15 @@ class Running:
         self.snapshotter.close()
 
 
-def serve(address: Path, root: Path, workers: int = 8) -> Running:
-    """Start serving ``root``'s snapshots on the unix socket ``address``."""
+def serve(
+    address: Path, root: Path, cache_dir: Path = DEFAULT_CACHE_DIR, workers: int = 8
+) -> Running:
+    """Start serving ``root``'s snapshots on the unix socket ``address``; Ketch layers are
+    mounted with the chunk cache ``cache_dir``."""
     address.parent.mkdir(parents=True, exist_ok=True)
     if address.is_socket():
         address.unlink()
-    snapshotter = Snapshotter(root)
+    snapshotter = Snapshotter(root, cache_dir)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     server.add_generic_rpc_handlers((generic_handler(SnapshotsService(snapshotter)),))
     old_umask = os.umask(0o077)  # the socket: root's only, as containerd's own

@@ -144,9 +144,16 @@ class MetadataStore:
 
     @staticmethod
     def create(
-        db: sqlite3.Connection, kind: Kind, key: str, parent: str, labels: Mapping[str, str]
+        db: sqlite3.Connection,
+        kind: Kind,
+        key: str,
+        parent: str,
+        labels: Mapping[str, str],
+        *,
+        remote: bool = False,
     ) -> Snapshot:
-        if kind not in (Kind.ACTIVE, Kind.VIEW):
+        """A new snapshot; ``remote``: made committed at once (a remote layer)."""
+        if kind not in (Kind.ACTIVE, Kind.VIEW) and not remote:
             raise InvalidArgumentError(f"snapshot {key}: only active or view snapshots are created")
         if not key:
             raise InvalidArgumentError("snapshot key is empty")

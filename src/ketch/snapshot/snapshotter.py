@@ -9,6 +9,10 @@ of its ``fs``; an active snapshot over parents is an overlay (``upperdir``, ``wo
 ``lowerdir=nearest:...:bottom``); a view over one parent binds that parent read-only. The
 dirs of a new snapshot exist before its row is committed, and a removed snapshot's dirs go
 after its row: a crash between leaves only dirs no row names, which ``cleanup`` removes.
+
+Ketch layers are remote snapshots (``ketch.snapshot.remote``): made committed under the
+Prepare key, the bootstrap one with its ``fs`` dir a lazy FUSE mount of the image, and
+answered ALREADY_EXISTS, as containerd's remote snapshotters do.
 """
 
 from __future__ import annotations
@@ -19,8 +23,17 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
-from ketch.snapshot.metadata import FailedPreconditionError, Kind, MetadataStore, Snapshot
+from ketch.daemon.state import DEFAULT_CACHE_DIR, is_mounted
+from ketch.snapshot import remote
+from ketch.snapshot.metadata import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    Kind,
+    MetadataStore,
+    Snapshot,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +52,9 @@ class Usage:
 
 
 class Snapshotter:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cache_dir: Path = DEFAULT_CACHE_DIR) -> None:
         self.root = root
+        self.cache_dir = cache_dir
         self.snapshots_dir = root / "snapshots"
         self.snapshots_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
@@ -58,6 +72,9 @@ class Snapshotter:
     # -- the snapshots API ----------------------------------------------------------
 
     def prepare(self, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
+        kind = remote.remote_kind(labels)
+        if kind is not None:
+            self._create_remote(kind, key, parent, labels)  # raises ALREADY_EXISTS once made
         return self._create(Kind.ACTIVE, key, parent, labels)
 
     def view(self, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
@@ -80,6 +97,30 @@ class Snapshotter:
             snap = MetadataStore.remove(db, key)
         self._remove_dirs(snap.id)
 
+    def _create_remote(
+        self, kind: str, key: str, parent: str, labels: Mapping[str, str]
+    ) -> NoReturn:
+        """Make the Ketch layer's committed snapshot under ``key``; raise ALREADY_EXISTS."""
+        target = labels[remote.LABEL_TARGET]
+        ref = remote.image_reference(labels) if kind == "bootstrap" else ""
+        with self.metadata.transaction() as db:
+            snap = MetadataStore.create(db, Kind.COMMITTED, key, parent, labels, remote=True)
+            self._make_dirs(snap.id, Kind.COMMITTED)
+        if kind == "bootstrap":
+            try:
+                remote.mount_image(
+                    ref,
+                    self.fs_dir(snap.id),
+                    self.cache_dir,
+                    labels.get(remote.LABEL_KETCH_BOOTSTRAP, "?"),
+                )
+            except BaseException:
+                with self.metadata.transaction() as db:
+                    MetadataStore.remove(db, key)
+                self._remove_dirs(snap.id)
+                raise
+        raise AlreadyExistsError(f"target snapshot {target!r}: Ketch {kind} layer")
+
     def stat(self, key: str) -> Snapshot:
         return self.metadata.get(key)
 
@@ -101,8 +142,8 @@ class Snapshotter:
         owned = {str(snap.id) for snap in self.metadata.all()}
         removed = []
         for entry in sorted(os.listdir(self.snapshots_dir)):
-            if entry not in owned:
-                shutil.rmtree(self.snapshots_dir / entry, ignore_errors=True)
+            if entry not in owned and entry.isdigit():
+                self._remove_dirs(int(entry))
                 removed.append(entry)
         return removed
 
@@ -111,18 +152,21 @@ class Snapshotter:
     def _create(self, kind: Kind, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
         with self.metadata.transaction() as db:
             snap = MetadataStore.create(db, kind, key, parent, labels)
-            try:
-                base = self.snapshots_dir / str(snap.id)
-                # A stale dir of this id (a crash before its row was committed) is not ours.
-                shutil.rmtree(base, ignore_errors=True)
-                base.mkdir(mode=0o700)
-                self.fs_dir(snap.id).mkdir(mode=0o755)
-                if kind == Kind.ACTIVE:
-                    self.work_dir(snap.id).mkdir(mode=0o711)
-            except BaseException:
-                self._remove_dirs(snap.id)
-                raise
+            self._make_dirs(snap.id, kind)
         return self._mounts(snap, self.metadata.chain(snap))
+
+    def _make_dirs(self, ident: int, kind: Kind) -> None:
+        base = self.snapshots_dir / str(ident)
+        try:
+            # A stale dir of this id (a crash before its row was committed) is not ours.
+            self._remove_dirs(ident)
+            base.mkdir(mode=0o700)
+            self.fs_dir(ident).mkdir(mode=0o755)
+            if kind == Kind.ACTIVE:
+                self.work_dir(ident).mkdir(mode=0o711)
+        except BaseException:
+            self._remove_dirs(ident)
+            raise
 
     def _mounts(self, snap: Snapshot, parents: list[Snapshot]) -> list[Mount]:
         if not parents:
@@ -138,6 +182,11 @@ class Snapshotter:
 
     def _remove_dirs(self, ident: int) -> None:
         base = self.snapshots_dir / str(ident)
+        fs = self.fs_dir(ident)
+        if is_mounted(fs):  # a Ketch bootstrap layer: never delete into the mount
+            remote.unmount_image(fs)
+            if is_mounted(fs):
+                raise OSError(f"{fs}: still mounted, not removed")
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(base)
 

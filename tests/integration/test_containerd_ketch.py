@@ -1,0 +1,137 @@
+"""A Ketch image through real containerd 1.6: remote snapshots, a lazy FUSE lower, ctr run.
+
+The corpus's py1 is converted, pushed to the loopback registry, pulled into containerd by
+``ketch containerd pull`` (lease, content with GC labels, image record, Prepare with labels:
+no layer download) and run by stock ``ctr run --snapshotter ketch``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.containerd import Containerd, containerd_fixture  # noqa: F401 (fixtures)
+from tests.fixtures.ketch import convert
+from tests.fixtures.registry import RunningRegistry, registry_plain_fixture  # noqa: F401
+from tests.integration.ketch_cli import ketch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ketch_image(
+    corpus_oci: Path, registry_plain: RunningRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, int]]:
+    """py1 converted to Ketch, on the plain registry: its reference and its blobs' size."""
+    layout = tmp_path_factory.mktemp("ketch-py1") / "layout"
+    summary = convert(corpus_oci, "py1", layout)
+    ref = f"{registry_plain.host}/containerd-ketch:py1"
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            f"oci:{layout}:ketch",
+            f"docker://{ref}",
+            "--dest-tls-verify=false",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    yield ref, summary.stored_bytes
+
+
+def _snapshots(containerd: Containerd) -> list[list[str]]:
+    out = containerd.ctr("snapshots", "--snapshotter", "ketch", "ls").stdout.splitlines()
+    return [line.split() for line in out[1:]]
+
+
+def _fuse_mounts(root: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as mountinfo:
+        points = [line.split() for line in mountinfo]
+    return [
+        fields[4]
+        for fields in points
+        if fields[4].startswith(f"{root}/") and "fuse.ketch" in fields[fields.index("-") + 1]
+    ]
+
+
+def test_pull_and_run_ketch_image(containerd: Containerd, ketch_image: tuple[str, int]) -> None:
+    ref, stored_bytes = ketch_image
+    pulled = ketch(
+        "containerd",
+        "pull",
+        f"docker://{ref}",
+        "--address",
+        str(containerd.address),
+        "--json",
+    )
+    result = json.loads(pulled.stdout)
+    assert result["image"] == ref
+    chains = result["chain_ids"]
+    snaps = {row[0]: row for row in _snapshots(containerd)}
+    # Every layer a committed snapshot under its chain ID, each over the one below.
+    assert sorted(snaps) == sorted(chains)
+    assert all(row[-1] == "Committed" for row in snaps.values())
+    assert [snaps[c][1] for c in chains[1:]] == chains[:-1]
+    info = json.loads(
+        containerd.ctr("snapshots", "--snapshotter", "ketch", "info", chains[-1]).stdout
+    )
+    assert info["Labels"]["containerd.io/snapshot/ketch.layer"] == "bootstrap"
+    assert info["Labels"]["containerd.io/snapshot.ref"] == chains[-1]
+    # One lazy FUSE mount: the bootstrap layer's.
+    mounts = _fuse_mounts(containerd.snapshotter_root)
+    assert len(mounts) == 1, mounts
+
+    run = containerd.ctr(
+        "run",
+        "--rm",
+        "--snapshotter",
+        "ketch",
+        ref,
+        "ketch-lazy-1",
+        "python3",
+        "-c",
+        "import json, sys; print('lazy', sys.version_info[0])",
+    )
+    assert run.stdout.strip() == "lazy 3"
+    # The container started while fetching only part of the image.
+    status = json.loads(ketch("status", mounts[0], "--json").stdout)
+    fetched = status["metrics"]["ketch_backend_read_bytes_total"]
+    assert 0 < fetched < stored_bytes
+    # --rm removed the container's snapshot; the layers stay, still mounted.
+    assert sorted(row[0] for row in _snapshots(containerd)) == sorted(chains)
+    assert _fuse_mounts(containerd.snapshotter_root) == mounts
+
+    # The image gone, GC removes the snapshots, and the FUSE mount and its daemon go too.
+    containerd.ctr("images", "rm", "--sync", ref)
+    assert _snapshots(containerd) == []
+    assert _fuse_mounts(containerd.snapshotter_root) == []
+    assert list((containerd.snapshotter_root / "snapshots").iterdir()) == []
+
+
+def test_pull_of_a_plain_image_is_refused(
+    containerd: Containerd, corpus_oci: Path, registry_plain: RunningRegistry
+) -> None:
+    ref = f"{registry_plain.host}/containerd-notketch:base"
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            f"oci:{corpus_oci}:base",
+            f"docker://{ref}",
+            "--dest-tls-verify=false",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    result = ketch("containerd", "pull", ref, "--address", str(containerd.address), check=False)
+    assert result.returncode == 3, result.stderr
+    assert "not a Ketch image" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert _snapshots(containerd) == []
