@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,11 @@ import pytest
 
 from tests.fixtures.containerd import Containerd, containerd_fixture  # noqa: F401 (fixtures)
 from tests.fixtures.ketch import convert
-from tests.fixtures.registry import RunningRegistry, registry_plain_fixture  # noqa: F401
+from tests.fixtures.registry import (  # noqa: F401 (fixtures)
+    FaultProxy,
+    RunningRegistry,
+    registry_plain_fixture,
+)
 from tests.integration.ketch_cli import ketch
 
 pytestmark = pytest.mark.integration
@@ -25,7 +30,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def ketch_image(
     corpus_oci: Path, registry_plain: RunningRegistry, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, int]]:
+) -> Iterator[tuple[str, int, str]]:
     """py1 converted to Ketch, on the plain registry: its reference and its blobs' size."""
     layout = tmp_path_factory.mktemp("ketch-py1") / "layout"
     summary = convert(corpus_oci, "py1", layout)
@@ -42,7 +47,7 @@ def ketch_image(
         check=True,
         capture_output=True,
     )
-    yield ref, summary.stored_bytes
+    yield ref, summary.stored_bytes, summary.bootstrap_digest
 
 
 def _snapshots(containerd: Containerd) -> list[list[str]]:
@@ -60,8 +65,10 @@ def _fuse_mounts(root: Path) -> list[str]:
     ]
 
 
-def test_pull_and_run_ketch_image(containerd: Containerd, ketch_image: tuple[str, int]) -> None:
-    ref, stored_bytes = ketch_image
+def test_pull_and_run_ketch_image(
+    containerd: Containerd, ketch_image: tuple[str, int, str]
+) -> None:
+    ref, stored_bytes, _ = ketch_image
     pulled = ketch(
         "containerd",
         "pull",
@@ -135,3 +142,35 @@ def test_pull_of_a_plain_image_is_refused(
     assert "not a Ketch image" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert _snapshots(containerd) == []
+
+
+def test_unreachable_blobs_fail_the_pull_in_bounded_time(
+    containerd: Containerd, ketch_image: tuple[str, int, str], registry_plain: RunningRegistry
+) -> None:
+    ref, _, bootstrap = ketch_image
+    repo_tag = ref.removeprefix(f"{registry_plain.host}/")
+    with FaultProxy(registry_plain.host) as proxy:
+        # The manifest and config come through; every read of the bootstrap gets a 503.
+        proxy.plan(["503"] * 1000, match=lambda method, path: bootstrap in path)
+        started = time.monotonic()
+        result = ketch(
+            "containerd",
+            "pull",
+            f"docker://{proxy.host}/{repo_tag}",
+            "--address",
+            str(containerd.address),
+            check=False,
+        )
+        elapsed = time.monotonic() - started
+    assert result.returncode == 7, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    # The image, the digest and the cause, as ctr and CRI show it.
+    assert f"{proxy.host}/{repo_tag}" in lines[0]
+    assert bootstrap in lines[0]
+    assert "503" in lines[0]
+    assert elapsed < 180
+    # Nothing left: no image, no snapshot, no mount.
+    assert repo_tag not in containerd.ctr("images", "ls", "-q").stdout
+    assert _snapshots(containerd) == []
+    assert _fuse_mounts(containerd.snapshotter_root) == []

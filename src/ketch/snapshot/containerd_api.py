@@ -82,7 +82,8 @@ class ContainerdAPI:
     @contextlib.contextmanager
     def lease(self, lease_id: str, labels: dict[str, str] | None = None) -> Iterator[str]:
         """A lease held for the block: what is written under it is safe from GC until the
-        image record and the GC labels reference it; deleted when the block ends."""
+        image record and the GC labels reference it; deleted when the block ends, with a
+        synchronous GC (what nothing else references goes, e.g. after a failure)."""
         from google.protobuf import empty_pb2  # noqa: PLC0415
 
         created = self.unary(
@@ -99,7 +100,7 @@ class ContainerdAPI:
             self.unary(
                 LEASES,
                 "Delete",
-                leases_pb2.DeleteRequest(id=created.lease.id),
+                leases_pb2.DeleteRequest(id=created.lease.id, sync=True),
                 empty_pb2.Empty,
             )
 

@@ -7,10 +7,13 @@ containerd's own API and under one lease (released at the end):
 1. the manifest and the config into containerd's content store, with containerd's GC
    labels (the manifest references its config; the config its top snapshot), so GC keeps
    them and ``ctr run`` finds the config;
-2. the image record (``HOST/REPO:TAG``, as ``ctr`` names registry images);
-3. one snapshot Prepare per layer, bottom first, each with ``containerd.io/snapshot.ref``
+2. one snapshot Prepare per layer, bottom first, each with ``containerd.io/snapshot.ref``
    (the layer's chain ID), the layer's ``containerd.io/snapshot/`` annotations and the
-   image pinned by digest: the snapshotter answers ALREADY_EXISTS (a remote snapshot).
+   image pinned by digest: the snapshotter answers ALREADY_EXISTS (a remote snapshot);
+3. the image record (``HOST/REPO:TAG``, as ``ctr`` names registry images).
+
+A failure leaves nothing: the lease is deleted synchronously, and containerd's GC takes
+what it held (content, the snapshots made so far).
 
 No layer blob is downloaded: only the manifest and config are read here, and the FUSE mount
 the snapshotter makes reads the bootstrap, then chunks on demand.
@@ -117,7 +120,6 @@ def pull(
             api, config_bytes, manifest.config.digest, {GC_SNAPSHOT + snapshotter: chains[-1]}
         )
         _write_content(api, manifest_bytes, descriptor.digest, {GC_CONFIG: manifest.config.digest})
-        _put_image(api, name, descriptor.media_type, descriptor.digest, descriptor.size)
         parent = ""
         for layer, chain in zip(manifest.layers, chains, strict=True):
             labels = {
@@ -127,6 +129,8 @@ def pull(
             labels[LABEL_KETCH_REF] = pinned
             _prepare_remote(api, snapshotter, chain, parent, labels, f"{name} layer {layer.digest}")
             parent = chain
+        # Last: an image record is only ever created over snapshots that all exist.
+        _put_image(api, name, descriptor.media_type, descriptor.digest, descriptor.size)
     return PullResult(
         name, descriptor.digest, chains, snapshotter, round(time.monotonic() - started, 3)
     )
