@@ -174,3 +174,99 @@ def test_unreachable_blobs_fail_the_pull_in_bounded_time(
     assert repo_tag not in containerd.ctr("images", "ls", "-q").stdout
     assert _snapshots(containerd) == []
     assert _fuse_mounts(containerd.snapshotter_root) == []
+
+
+def _exec(containerd: Containerd, container: str, *command: str) -> str:
+    """Run ``command`` in ``container``; retried while containerd reconnects."""
+    deadline = time.monotonic() + 60
+    while True:
+        done = containerd.ctr(
+            "task",
+            "exec",
+            "--exec-id",
+            f"e{time.monotonic_ns()}",
+            container,
+            *command,
+            check=False,
+        )
+        if done.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _remove_container(containerd: Containerd, container: str) -> None:
+    containerd.ctr("task", "kill", "-s", "KILL", container, check=False)
+    deadline = time.monotonic() + 30
+    while containerd.ctr("task", "rm", container, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    containerd.ctr("containers", "rm", container, check=False)
+
+
+def test_snapshotter_kill_9_keeps_running_containers(
+    containerd: Containerd, ketch_image: tuple[str, int, str]
+) -> None:
+    ref, _, _ = ketch_image
+    ketch("containerd", "pull", ref, "--address", str(containerd.address))
+    containerd.ctr("run", "-d", "--snapshotter", "ketch", ref, "ketch-long", "sleep", "600")
+    try:
+        mounts = _fuse_mounts(containerd.snapshotter_root)
+        containerd.kill_snapshotter()
+        # The FUSE daemon is a process of its own: the container reads its image on.
+        assert _exec(containerd, "ketch-long", "python3", "-c", "print('alone')") == "alone\n"
+        containerd.start_snapshotter()
+        assert _fuse_mounts(containerd.snapshotter_root) == mounts
+        assert _exec(containerd, "ketch-long", "python3", "-c", "print('again')") == "again\n"
+        # containerd reaches the restarted snapshotter: a second container starts.
+        run = containerd.ctr(
+            "run",
+            "--rm",
+            "--snapshotter",
+            "ketch",
+            ref,
+            "ketch-second",
+            "python3",
+            "-c",
+            "print('second')",
+        )
+        assert run.stdout.strip() == "second"
+    finally:
+        _remove_container(containerd, "ketch-long")
+    containerd.ctr("images", "rm", "--sync", ref)
+    assert _fuse_mounts(containerd.snapshotter_root) == []
+
+
+def test_snapshotter_start_reconciles_mounts(
+    containerd: Containerd, ketch_image: tuple[str, int, str]
+) -> None:
+    ref, _, _ = ketch_image
+    ketch("containerd", "pull", ref, "--address", str(containerd.address))
+    (mount,) = _fuse_mounts(containerd.snapshotter_root)
+    containerd.kill_snapshotter()
+    # While it is down: its mount is lost, and a stray Ketch mount appears under its root.
+    ketch("umount", mount)
+    stray = containerd.snapshotter_root / "snapshots" / "999999" / "fs"
+    stray.mkdir(parents=True)
+    ketch("mount", f"docker://{ref}", str(stray), "--cache-dir", str(containerd.cache_dir))
+    assert _fuse_mounts(containerd.snapshotter_root) == [str(stray)]
+
+    containerd.start_snapshotter()
+    # The snapshot's mount is back, the stray one gone; and the image runs.
+    assert _fuse_mounts(containerd.snapshotter_root) == [mount]
+    run = containerd.ctr(
+        "run",
+        "--rm",
+        "--snapshotter",
+        "ketch",
+        ref,
+        "ketch-reconciled",
+        "python3",
+        "-c",
+        "print('reconciled')",
+    )
+    assert run.stdout.strip() == "reconciled"
+    containerd.ctr("images", "rm", "--sync", ref)
+    assert _fuse_mounts(containerd.snapshotter_root) == []

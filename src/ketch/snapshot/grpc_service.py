@@ -182,6 +182,12 @@ def serve(
     if address.is_socket():
         address.unlink()
     snapshotter = Snapshotter(root, cache_dir)
+    # Before serving (and before any gRPC thread exists): the mounts match the metadata.
+    remounted, removed = snapshotter.reconcile()
+    for point in remounted:
+        log.info("reconcile: remounted %s", point)
+    for point in removed:
+        log.info("reconcile: unmounted %s (no snapshot owns it)", point)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     server.add_generic_rpc_handlers((generic_handler(SnapshotsService(snapshotter)),))
     old_umask = os.umask(0o077)  # the socket: root's only, as containerd's own

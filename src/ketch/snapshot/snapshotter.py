@@ -18,6 +18,7 @@ answered ALREADY_EXISTS, as containerd's remote snapshotters do.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from ketch.daemon.state import DEFAULT_CACHE_DIR, is_mounted
+from ketch.daemon.state import DEFAULT_CACHE_DIR, is_mounted, read_record
+from ketch.errors import KetchError
 from ketch.snapshot import remote
 from ketch.snapshot.metadata import (
     AlreadyExistsError,
@@ -33,7 +35,10 @@ from ketch.snapshot.metadata import (
     Kind,
     MetadataStore,
     Snapshot,
+    SnapshotError,
 )
+
+log = logging.getLogger("ketch.snapshot")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,41 @@ class Snapshotter:
     def all(self) -> list[Snapshot]:
         return self.metadata.all()
 
+    def reconcile(self) -> tuple[list[str], list[str]]:
+        """At start: remount each Ketch bootstrap snapshot whose mount is missing (or whose
+        daemon died), and unmount Ketch mounts under the root that no snapshot owns.
+        Returns (remounted, removed) mountpoints; a failed remount is logged, not fatal."""
+        owned: dict[str, Snapshot] = {
+            str(self.fs_dir(snap.id)): snap
+            for snap in self.metadata.all()
+            if snap.kind == Kind.COMMITTED
+            and snap.labels.get(remote.LABEL_KETCH_LAYER) == "bootstrap"
+        }
+        removed = []
+        for point in _ketch_mounts_under(self.snapshots_dir):
+            if point not in owned:
+                remote.unmount_image(Path(point))
+                removed.append(point)
+        remounted = []
+        for point, snap in owned.items():
+            mountpoint = Path(point)
+            record = read_record(mountpoint)
+            if is_mounted(mountpoint) and record is not None and record.alive():
+                continue
+            try:
+                remote.unmount_image(mountpoint)  # a dead daemon's mount
+                remote.mount_image(
+                    remote.image_reference(snap.labels),
+                    mountpoint,
+                    self.cache_dir,
+                    snap.labels.get(remote.LABEL_KETCH_BOOTSTRAP, "?"),
+                )
+            except (SnapshotError, KetchError, OSError) as exc:
+                log.error("reconcile: %s: remount failed: %s", snap.key, exc)
+                continue
+            remounted.append(point)
+        return remounted, removed
+
     def cleanup(self) -> list[str]:
         """Remove the dirs of snapshots no row names; return their names."""
         owned = {str(snap.id) for snap in self.metadata.all()}
@@ -189,6 +229,19 @@ class Snapshotter:
                 raise OSError(f"{fs}: still mounted, not removed")
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(base)
+
+
+def _ketch_mounts_under(directory: Path) -> list[str]:
+    """Mountpoints of Ketch FUSE mounts below ``directory``, from /proc/self/mountinfo."""
+    prefix = f"{directory}/"
+    points = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split(" ")
+            point = fields[4].encode().decode("unicode_escape")
+            if point.startswith(prefix) and fields[fields.index("-") + 1] == "fuse.ketch":
+                points.append(point)
+    return points
 
 
 def disk_usage(path: Path) -> Usage:
