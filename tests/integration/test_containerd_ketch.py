@@ -270,3 +270,46 @@ def test_snapshotter_start_reconciles_mounts(
     assert run.stdout.strip() == "reconciled"
     containerd.ctr("images", "rm", "--sync", ref)
     assert _fuse_mounts(containerd.snapshotter_root) == []
+
+
+def test_ketch_and_plain_images_side_by_side(
+    containerd: Containerd,
+    ketch_image: tuple[str, int, str],
+    corpus_oci: Path,
+    registry_plain: RunningRegistry,
+) -> None:
+    ketch_ref, _, _ = ketch_image
+    plain_ref = f"{registry_plain.host}/containerd-mixed:py1"
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            f"oci:{corpus_oci}:py1",
+            f"docker://{plain_ref}",
+            "--dest-tls-verify=false",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    ketch("containerd", "pull", ketch_ref, "--address", str(containerd.address))
+    containerd.ctr("images", "pull", "--plain-http", "--snapshotter", "ketch", plain_ref)
+    containerd.ctr("run", "-d", "--snapshotter", "ketch", ketch_ref, "mixed-ketch", "sleep", "600")
+    containerd.ctr("run", "-d", "--snapshotter", "ketch", plain_ref, "mixed-plain", "sleep", "600")
+    try:
+        script = "import os; print(sorted(os.listdir('/app'))[:1])"
+        assert _exec(containerd, "mixed-ketch", "python3", "-c", script) == _exec(
+            containerd, "mixed-plain", "python3", "-c", script
+        )
+        # containerd restarted: no snapshot lost, both containers still answer.
+        before = sorted(map(tuple, _snapshots(containerd)))
+        containerd.restart_containerd()
+        assert sorted(map(tuple, _snapshots(containerd))) == before
+        assert _exec(containerd, "mixed-ketch", "true") == ""
+        assert _exec(containerd, "mixed-plain", "true") == ""
+    finally:
+        _remove_container(containerd, "mixed-ketch")
+        _remove_container(containerd, "mixed-plain")
+    containerd.ctr("images", "rm", "--sync", ketch_ref, plain_ref)
+    assert _snapshots(containerd) == []
+    assert _fuse_mounts(containerd.snapshotter_root) == []
