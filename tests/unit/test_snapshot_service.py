@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -202,3 +203,41 @@ def test_metadata_survives_restart(tmp_path: Path) -> None:
             assert (info.name, info.kind) == ("ns/2/layer", 3)
     finally:
         running.stop(0)
+
+
+@pytest.mark.parametrize(
+    "ref", ["oci:/etc", "s3://bucket/prefix:tag", "docker://host/repo:tag\nx", "/etc/passwd"]
+)
+def test_remote_layer_refuses_non_registry_references(
+    server: tuple[ContainerdAPI, Path], ref: str
+) -> None:
+    api, root = server
+    labels = {
+        "containerd.io/snapshot.ref": "sha256:" + "a" * 64,
+        "containerd.io/snapshot/ketch.layer": "bootstrap",
+        "containerd.io/snapshot/ketch.ref": ref,
+    }
+    assert _code(lambda: prepare(api, "ns/1/extract", **labels)) == "INVALID_ARGUMENT"
+    assert list_all(api) == []
+    assert list((root / "snapshots").iterdir()) == []
+
+
+def test_concurrent_prepares_and_commits_stay_consistent(
+    server: tuple[ContainerdAPI, Path],
+) -> None:
+    api, root = server
+    prepare(api, "ns/0/base")
+    commit(api, "ns/0/layer", "ns/0/base")
+
+    def one(i: int) -> None:
+        prepare(api, f"ns/{i}/active", "ns/0/layer")
+        commit(api, f"ns/{i}/committed", f"ns/{i}/active")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one, range(1, 41)))
+    infos = list_all(api)
+    assert sorted(i.name for i in infos) == sorted(
+        ["ns/0/layer", *(f"ns/{i}/committed" for i in range(1, 41))]
+    )
+    assert all(i.parent == "ns/0/layer" for i in infos if i.name != "ns/0/layer")
+    assert len(list((root / "snapshots").iterdir())) == 41

@@ -53,13 +53,22 @@ def remote_kind(labels: Mapping[str, str]) -> str | None:
 
 
 def image_reference(labels: Mapping[str, str]) -> str:
-    """The Ketch image to mount, as ``ketch mount`` takes it."""
+    """The Ketch image to mount, as ``ketch mount`` takes it: a registry reference only.
+
+    Labels can come from an image's own layer annotations (containerd copies those prefixed
+    ``containerd.io/snapshot/``): a hostile image must not make this root process read a
+    local layout (``oci:/...``) or a bucket it names."""
     ref = labels.get(LABEL_KETCH_REF)
+    if not ref:
+        cri = labels.get(LABEL_CRI_IMAGE_REF)
+        if cri:
+            ref = cri if "://" in cri else f"docker://{cri}"
     if ref:
+        if not ref.startswith("docker://") or any(c in ref for c in " \t\n\0"):
+            raise InvalidArgumentError(
+                f"Ketch image reference {ref[:200]!r}: expected docker://HOST/REPO[:TAG|@DIGEST]"
+            )
         return ref
-    cri = labels.get(LABEL_CRI_IMAGE_REF)
-    if cri:
-        return cri if "://" in cri else f"docker://{cri}"
     raise InvalidArgumentError(
         f"Ketch bootstrap layer {labels.get(LABEL_KETCH_BOOTSTRAP, '?')}: no image reference "
         f"(label {LABEL_KETCH_REF} or {LABEL_CRI_IMAGE_REF})"
