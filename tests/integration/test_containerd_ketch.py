@@ -218,6 +218,7 @@ def test_snapshotter_kill_9_keeps_running_containers(
         # The FUSE daemon is a process of its own: the container reads its image on.
         assert _exec(containerd, "ketch-long", "python3", "-c", "print('alone')") == "alone\n"
         containerd.start_snapshotter()
+        containerd.wait_snapshotter_reachable()
         assert _fuse_mounts(containerd.snapshotter_root) == mounts
         assert _exec(containerd, "ketch-long", "python3", "-c", "print('again')") == "again\n"
         # containerd reaches the restarted snapshotter: a second container starts.
@@ -254,6 +255,7 @@ def test_snapshotter_start_reconciles_mounts(
     assert _fuse_mounts(containerd.snapshotter_root) == [str(stray)]
 
     containerd.start_snapshotter()
+    containerd.wait_snapshotter_reachable()
     # The snapshot's mount is back, the stray one gone; and the image runs.
     assert _fuse_mounts(containerd.snapshotter_root) == [mount]
     run = containerd.ctr(
