@@ -102,7 +102,10 @@ def pull(
     snapshotter: str = "ketch",
 ) -> PullResult:
     started = time.monotonic()
-    ref = parse_reference(reference if "://" in reference else f"docker://{reference}")
+    transports = ("docker://", "oci:", "s3://")
+    ref = parse_reference(
+        reference if reference.startswith(transports) else f"docker://{reference}"
+    )
     if not isinstance(ref, RegistryReference):
         raise UsageError(f"{reference}: containerd pulls from a registry: docker://HOST/REPO:TAG")
     store, tag = open_store_with(ref, options)
