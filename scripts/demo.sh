@@ -6,7 +6,9 @@
 #   3. print its inspect summary and verify every byte (ketch check),
 #   4. unpack it and show that the tree equals `umoci unpack` of the source image,
 #   5. run a corpus container (py2: python3 + numpy) lazily from a FUSE mount, and print
-#      the bytes it fetched against the image's size.
+#      the bytes it fetched against the image's size,
+#   7. run it through containerd: `ketch snapshotter` as containerd's proxy plugin,
+#      `ketch containerd pull`, `ctr run --snapshotter ketch` (scripts/demo-containerd.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -63,3 +65,6 @@ trap - EXIT
 oci_bytes=$(du -sb "$images/oci/blobs" | cut -f1)
 echo
 echo "demo done: source layout $(numfmt --to=iec "$oci_bytes"), Ketch layout $(du -sh "$work/ketch" | cut -f1); outputs in $work"
+
+step "7. the same image through containerd: ketch snapshotter + ketch containerd pull + ctr run"
+scripts/demo-containerd.sh "oci:$work/ketch:py2"

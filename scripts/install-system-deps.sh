@@ -13,6 +13,7 @@ packages=(
   tinyproxy                                            # HTTP proxy for the proxy tests
   fuse3 libfuse3-dev pkg-config                        # FUSE daemon
   zstd lz4                                             # codec command-line tools
+  containerd                                           # containerd snapshotter tests (ctr, CRI)
   python3-venv python3-dev gcc make git ca-certificates
 )
 

@@ -127,11 +127,18 @@ class S3Config:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotterConfig:
+    address: str = "/run/ketch/snapshotter.sock"  # containerd's [proxy_plugins.ketch] address
+    root: str = "/var/lib/ketch/snapshotter"  # snapshot metadata and dirs
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     s3: S3Config = field(default_factory=S3Config)
+    snapshotter: SnapshotterConfig = field(default_factory=SnapshotterConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +179,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "prefetch": PrefetchConfig,
     "registry": RegistryConfig,
     "s3": S3Config,
+    "snapshotter": SnapshotterConfig,
 }
 
 

@@ -276,7 +276,10 @@ class ImageBuilder:
                 mt.KETCH_BLOB,
                 blob.oci_digest,
                 blob.size,
-                {mt.ANNOTATION_KETCH_CHUNKS: str(blob.chunk_count)},
+                {
+                    mt.ANNOTATION_KETCH_CHUNKS: str(blob.chunk_count),
+                    mt.ANNOTATION_SNAPSHOT_KETCH_LAYER: "blob",
+                },
             )
             for blob in tables.blobs
         ]
@@ -289,6 +292,8 @@ class ImageBuilder:
                     mt.ANNOTATION_KETCH_BOOTSTRAP: "true",
                     mt.ANNOTATION_KETCH_ROOT: root_digest,
                     mt.ANNOTATION_KETCH_VERSION: str(FORMAT_VERSION),
+                    mt.ANNOTATION_SNAPSHOT_KETCH_LAYER: "bootstrap",
+                    mt.ANNOTATION_SNAPSHOT_KETCH_BOOTSTRAP: bootstrap_digest,
                 },
             )
         )

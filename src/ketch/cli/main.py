@@ -254,6 +254,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     add_store_options(p)
     p.set_defaults(run="image_commands:cmd_check")
+
+    p = sub.add_parser("snapshotter", help="serve containerd's snapshots API (proxy plugin)")
+    p.add_argument("--address", type=Path, help="gRPC unix socket (default: [snapshotter] address)")
+    p.add_argument(
+        "--root", type=Path, help="metadata and snapshot dirs (default: [snapshotter] root)"
+    )
+    p.set_defaults(run="snapshot_commands:cmd_snapshotter")
+
+    p = sub.add_parser("containerd", help="containerd client commands (remote Ketch snapshots)")
+    csub = p.add_subparsers(dest="containerd_command", required=True, metavar="COMMAND")
+    p = csub.add_parser("pull", help="pull a Ketch image into containerd, layers as snapshots")
+    p.add_argument("image", metavar="IMAGE", help="docker://HOST/REPO:TAG (or HOST/REPO:TAG)")
+    p.add_argument(
+        "--address",
+        type=Path,
+        default=Path("/run/containerd/containerd.sock"),
+        help="containerd's socket (default: /run/containerd/containerd.sock)",
+    )
+    p.add_argument("--namespace", default="default", help="containerd namespace (default: default)")
+    p.add_argument("--snapshotter", default="ketch", help="snapshotter name (default: ketch)")
+    p.add_argument("--json", action="store_true")
+    add_store_options(p)
+    p.set_defaults(run="snapshot_commands:cmd_containerd_pull")
     return parser
 
 

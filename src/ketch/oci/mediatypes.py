@@ -31,6 +31,10 @@ ANNOTATION_KETCH_ROOT = "dev.ketch.root-digest"  # "<algo>:<hex>" of the tree ro
 ANNOTATION_KETCH_SOURCE = "dev.ketch.source-manifest"  # digest of the converted manifest
 ANNOTATION_KETCH_VERSION = "dev.ketch.format-version"
 ANNOTATION_KETCH_CHUNKS = "dev.ketch.blob.chunks"  # chunk count of a data blob
+# containerd copies layer annotations prefixed "containerd.io/snapshot/" into the labels of
+# the layer's snapshot Prepare: what the Ketch snapshotter needs (docs/containerd.md).
+ANNOTATION_SNAPSHOT_KETCH_LAYER = "containerd.io/snapshot/ketch.layer"  # "blob" or "bootstrap"
+ANNOTATION_SNAPSHOT_KETCH_BOOTSTRAP = "containerd.io/snapshot/ketch.bootstrap"  # its digest
 
 # Tar layer compression by media type.
 LAYER_COMPRESSION = {

@@ -1,0 +1,1 @@
+"""containerd snapshotter: serves containerd's snapshots API over gRPC (a sibling of cli)."""
