@@ -121,6 +121,7 @@ def _one_line_missing(proc: subprocess.CompletedProcess[str], what: str, work: P
     assert lines[0].startswith(f"demo: missing {what}"), lines[0]
     assert proc.stdout == ""
     assert not work.exists(), "the demo wrote its work directory before failing"
+    assert lines[0] in DOC.read_text(), "docs/demo.md should quote the line as the demo prints it"
 
 
 def test_demo_without_dev_fuse_says_so_in_one_line_before_anything(tmp_path: Path) -> None:
