@@ -5,11 +5,11 @@ the OCI way and once the Ketch way, through the link emulator, measured in this 
     python -m bench.side_by_side compare OCI_IMAGE KETCH_IMAGE
 
 Setup (not timed), from ``bench.cold_start``: a ``docker-registry`` on loopback behind the
-link emulator of ``bench/link.py`` (200 Mbit/s, RTT 4 ms), ``skopeo copy`` of the corpus
-layout's ``py2`` into it, and ``ketch convert`` of that straight to the registry (not
-through the link). Each side then starts on a cold node (page cache dropped, the
-registry's blobs read back as a remote server would have them, an empty Ketch chunk cache
-and state, nothing pulled or unpacked) and pulls through the link:
+link emulator of ``bench/link.py`` (200 Mbit/s, RTT 4 ms); ``skopeo copy`` of the corpus
+layout's ``py2`` into it and ``ketch convert`` of the same layout to it, not through the
+link. Each side then starts on a cold node (page cache dropped, the registry's blobs read
+back as a remote server would have them, an empty Ketch chunk cache and state, nothing
+pulled or unpacked) and pulls through the link:
 
 - **OCI**: ``skopeo copy`` to a local layout, ``umoci unpack``, ``runc run``.
 - **Ketch**: ``ketch run docker://LINK/ketch:py2`` with an empty ``--cache-dir``, the node
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -207,9 +208,11 @@ def _ketch(node: Node, image: str) -> tuple[ColdStart, Verified]:
 
 def measure(ctx: Context, corpus: Path) -> dict[str, Any]:
     """Set up, then one cold start of each side; everything the table shows."""
+    load = os.getloadavg()[0]
     with started_node(ctx) as node:
         host = node.registry.host
-        _progress(f"setup (not timed): registry + link, skopeo copy + ketch convert of {TAG}")
+        began = time.monotonic()
+        _progress(f"setup (not timed): registry + link, skopeo copy + ketch convert of {TAG} ...")
         run_command(
             [
                 "skopeo",
@@ -224,11 +227,12 @@ def measure(ctx: Context, corpus: Path) -> dict[str, Any]:
             [
                 *ketch_command(),
                 "convert",
-                f"docker://{host}/corpus:{TAG}",
+                oci(corpus, TAG),
                 f"docker://{host}/ketch:{TAG}",
                 "--json",
             ]
         )
+        _progress(f"setup: done in {time.monotonic() - began:.0f} s")
         for repo in ("corpus", "ketch"):
             node.remember_blobs(repo, TAG)
         stored = {
@@ -247,6 +251,8 @@ def measure(ctx: Context, corpus: Path) -> dict[str, Any]:
         "image": TAG,
         "link": link,
         "page_cache_dropped": dropped,
+        "load_average": round(load, 1),
+        "cores": len(os.sched_getaffinity(0)),
         "stored": {side: asdict(value) for side, value in stored.items()},
         "oci": asdict(oci_run),
         "ketch": asdict(ketch_run),
@@ -334,7 +340,8 @@ those read while the container started. `ketch check` verifies every file.
 """
     heading = (
         f"{data['image']} on a cold node, through the link emulator at {speed}, "
-        "one run each, measured now:"
+        "one run each,\nmeasured now"
+        f" (load average {data['load_average']:g} on {data['cores']} cores at the start):"
     )
     return f"{heading}\n\n{table}\n\n{prose(notes, width=96)}"
 
