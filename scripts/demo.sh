@@ -55,13 +55,15 @@ missing() { # one line: what is missing and how to get it
 }
 
 # long LABEL CMD...: run CMD with its output in the log, showing the time it has taken
-# meanwhile; on failure, the end of the log.
+# meanwhile; on failure, the end of the log. CMD runs in a session of its own, stopped
+# whole if the demo is interrupted.
 long() {
   local label=$1 started=$SECONDS pid rc=0 shown=0
   shift
   printf '\n== %s: %s\n' "$label" "$*" >>"$log"
-  "$@" >>"$log" 2>&1 &
+  setsid "$@" >>"$log" 2>&1 &
   pid=$!
+  trap 'kill -TERM -- "-$pid" 2>/dev/null; exit 130' INT TERM
   while kill -0 "$pid" 2>/dev/null; do
     local elapsed=$((SECONDS - started))
     if [[ -t 1 ]]; then
@@ -73,6 +75,7 @@ long() {
     sleep 1
   done
   wait "$pid" || rc=$?
+  trap - INT TERM
   [[ -t 1 ]] && printf '\r\033[K'
   if ((rc != 0)); then
     echo "demo: $label failed (exit $rc); the end of $log:" >&2
