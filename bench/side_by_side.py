@@ -150,8 +150,11 @@ def _oci(node: Node, image: str) -> ColdStart:
     output, seconds, moved = _until_output(
         node, runc_command(runc_root, bundle, name), None, t0, before
     )
+    ended = _now()
     check_output(f"OCI {image}", output, EXPECTED)
-    return ColdStart(seconds, moved.total_bytes, started, _now())
+    remove(layout)
+    remove(bundle)
+    return ColdStart(seconds, moved.total_bytes, started, ended)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +196,7 @@ def _ketch(node: Node, image: str) -> tuple[ColdStart, Verified]:
             )
         finally:
             umount(mountpoint, state, int(record["pid"]))
+    remove(cache)
     metrics: dict[str, float] = status["metrics"]
     files = [f for f in status["files"] if int(f["bytes_read"]) > 0]
     verified = Verified(
