@@ -3,7 +3,7 @@
 #   make install      Debian packages (scripts/install-system-deps.sh) + .venv with '.[dev]'
 #   make lint         ruff check, ruff format --check, mypy, lint-imports
 #   make test         install, lint, then pytest on 2 workers
-#   make demo         scripts/demo.sh
+#   make demo         scripts/demo.sh (installs, builds the images if missing, runs)
 #   make corpus       shared corpus images  -> .cache/corpus/oci  (if missing)
 #   make test-images  Ketch's own images    -> .cache/images/oci  (if missing)
 #   make bench        python -m bench (once bench/__main__.py exists)
@@ -58,7 +58,9 @@ lint: install
 test: install lint
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) tests
 
-demo: install
+# No prerequisite: the demo checks what no install can fix (root, FUSE) first, then runs
+# `make install` itself with its output in the demo's log.
+demo:
 	scripts/demo.sh
 
 corpus: $(CORPUS)/oci/index.json

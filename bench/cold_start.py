@@ -100,7 +100,7 @@ _ACCEPT = ", ".join(
     )
 )
 _OWN_READS = frozenset({"/etc/passwd", "/etc/group"})  # ketch run's User lookup
-_CONTAINER_PREFIX = "ketch-bench-cs"
+CONTAINER_PREFIX = "ketch-bench-cs"
 DAEMON_IMPORTS = "import ketch.cli.main, ketch.daemon.service"
 SMALL_FETCH = 64 << 10
 MERGE_GAPS: tuple[int, ...] = (0, 64 << 10, 256 << 10, 1 << 20, 4 << 20)
@@ -121,7 +121,7 @@ SEGMENTS: tuple[tuple[str, str], ...] = (
 # -- commands -----------------------------------------------------------------------------
 
 
-def _run(command: Sequence[str], env: dict[str, str] | None = None) -> str:
+def run_command(command: Sequence[str], env: dict[str, str] | None = None) -> str:
     """Run a command to completion; its stdout (a failure is a BenchError with stderr)."""
     proc = subprocess.run(
         list(command),
@@ -139,11 +139,11 @@ def _run(command: Sequence[str], env: dict[str, str] | None = None) -> str:
     return proc.stdout
 
 
-def _ketch_env(state: Path) -> dict[str, str]:
+def ketch_env(state: Path) -> dict[str, str]:
     return {**os.environ, "KETCH_STATE_DIR": str(state)}
 
 
-def _check_output(what: str, output: str, expected: str) -> None:
+def check_output(what: str, output: str, expected: str) -> None:
     if output.strip() != expected:
         raise BenchError(f"{what}: expected the output {expected!r}, found {output.strip()!r}")
 
@@ -236,12 +236,12 @@ class Node:
                 [*prefix, "list", "-q"], capture_output=True, text=True, check=False, timeout=60
             )
             for name in listed.stdout.split():
-                if name.startswith(_CONTAINER_PREFIX):
+                if name.startswith(CONTAINER_PREFIX):
                     subprocess.run([*prefix, "delete", "-f", name], check=False, timeout=60)
 
 
 @contextlib.contextmanager
-def _node(ctx: Context) -> Iterator[Node]:
+def started_node(ctx: Context) -> Iterator[Node]:
     """Registry and link for the ``with`` block; both stopped, and everything under the
     work directory unmounted, when it ends."""
     probe = ctx.work / "cs-probe"
@@ -274,7 +274,7 @@ def _push_and_convert(node: Node) -> dict[str, Any]:
     images: dict[str, Any] = {}
     started = time.monotonic()
     for tag, _ in IMAGES:
-        _run(
+        run_command(
             [
                 "skopeo",
                 "copy",
@@ -288,7 +288,7 @@ def _push_and_convert(node: Node) -> dict[str, Any]:
     for tag, expected in IMAGES:
         began = time.monotonic()
         summary = json.loads(
-            _run(
+            run_command(
                 [
                     *ketch_command(),
                     "convert",
@@ -301,7 +301,7 @@ def _push_and_convert(node: Node) -> dict[str, Any]:
         node.remember_blobs("corpus", tag)
         node.remember_blobs("ketch", tag)
         trace = _record_trace(node, tag, expected)
-        _run(
+        run_command(
             [
                 *ketch_command(),
                 "convert",
@@ -339,9 +339,11 @@ def _record_trace(node: Node, tag: str, expected: str) -> Path:
     mounted = mount(image, mountpoint, cache, state)
     try:
         command = [*ketch_command(), "run", image, "--cache-dir", str(cache)]
-        output = _run([*command, "--name", f"{_CONTAINER_PREFIX}-trace"], _ketch_env(state))
-        _check_output(f"ketch run {tag} (trace)", output, expected)
-        paths = _run([*ketch_command(), "status", str(mountpoint), "--paths"], _ketch_env(state))
+        output = run_command([*command, "--name", f"{CONTAINER_PREFIX}-trace"], ketch_env(state))
+        check_output(f"ketch run {tag} (trace)", output, expected)
+        paths = run_command(
+            [*ketch_command(), "status", str(mountpoint), "--paths"], ketch_env(state)
+        )
     finally:
         umount(mountpoint, state, mounted.pid)
     path = ctx.work / f"cs-trace-{tag}.list"
@@ -433,7 +435,7 @@ KINDS: tuple[str, ...] = ("oci", "ketch", "split", "prefetch")
 def _import_seconds(code: str) -> float:
     """From spawning ``python -c CODE`` until CODE has run (exit not counted)."""
     started = time.monotonic()
-    output = _run([sys.executable, "-c", f"{code}\nimport time\nprint(time.monotonic())"])
+    output = run_command([sys.executable, "-c", f"{code}\nimport time\nprint(time.monotonic())"])
     return float(output.split()[-1]) - started
 
 
@@ -451,6 +453,39 @@ def _startup_floor(node: Node, runs: int) -> dict[str, float]:
     }
 
 
+def oci_pull(link: Link, image: str, layout: Path, tag: str) -> None:
+    """``skopeo copy docker://LINK/IMAGE oci:LAYOUT:TAG``: OCI's pull, through the link."""
+    run_command(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            f"docker://{link.host}/{image}",
+            f"oci:{layout}:{tag}",
+        ]
+    )
+
+
+def oci_unpack(layout: Path, tag: str, bundle: Path) -> None:
+    """``umoci unpack`` of ``LAYOUT:TAG`` into a runc bundle."""
+    run_command(["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)])
+
+
+def no_terminal(bundle: Path) -> None:
+    """Set ``process.terminal`` to false in the bundle's ``config.json``, so that the
+    container writes to the pipe it is given."""
+    config_file = bundle / "config.json"
+    config = json.loads(config_file.read_text())
+    config["process"]["terminal"] = False
+    config_file.write_text(json.dumps(config))
+
+
+def runc_command(root: Path, bundle: Path, name: str) -> list[str]:
+    """``runc run`` of a bundle, with runc's state under ``root``."""
+    return ["runc", "--root", str(root), "run", "--bundle", str(bundle), name]
+
+
 def _oci_run(node: Node, tag: str, expected: str, index: int) -> dict[str, float]:
     ctx, link = node.ctx, node.link
     layout = ctx.work / "cs-oci"
@@ -459,32 +494,20 @@ def _oci_run(node: Node, tag: str, expected: str, index: int) -> dict[str, float
     remove(bundle)
     runc_root = ctx.work / "cs-runc"
     runc_root.mkdir(exist_ok=True)
-    name = f"{_CONTAINER_PREFIX}-oci-{index}"
+    name = f"{CONTAINER_PREFIX}-oci-{index}"
     node.cold(f"corpus:{tag}")
     before = link.counters()
     t0 = time.monotonic()
-    _run(
-        [
-            "skopeo",
-            "copy",
-            "-q",
-            "--src-tls-verify=false",
-            f"docker://{link.host}/corpus:{tag}",
-            f"oci:{layout}:{tag}",
-        ]
-    )
+    oci_pull(link, f"corpus:{tag}", layout, tag)
     t1 = time.monotonic()
     moved = link.counters() - before
-    _run(["umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle)])
+    oci_unpack(layout, tag, bundle)
     t2 = time.monotonic()
-    config_file = bundle / "config.json"
-    config = json.loads(config_file.read_text())
-    config["process"]["terminal"] = False
-    config_file.write_text(json.dumps(config))
+    no_terminal(bundle)
     t3 = time.monotonic()
-    output = _run(["runc", "--root", str(runc_root), "run", "--bundle", str(bundle), name])
+    output = run_command(runc_command(runc_root, bundle, name))
     t4 = time.monotonic()
-    _check_output(f"OCI {tag}", output, expected)
+    check_output(f"OCI {tag}", output, expected)
     remove(layout)
     remove(bundle)
     return {
@@ -564,7 +587,7 @@ def merge_whatif(exchanges: Sequence[Exchange]) -> list[dict[str, int]]:
     return out
 
 
-def _ketch_run_command(image: str, cache: Path, name: str, *, rm_mount: bool) -> list[str]:
+def ketch_run_command(image: str, cache: Path, name: str, *, rm_mount: bool) -> list[str]:
     """``ketch run IMAGE`` with an empty or kept chunk cache, as every Ketch run here."""
     command = [*ketch_command(), "run", image, "--cache-dir", str(cache), "--name", name]
     return [*command, "--rm-mount"] if rm_mount else command
@@ -580,11 +603,11 @@ def _ketch_run(node: Node, tag: str, expected: str, index: int) -> dict[str, flo
         before = link.counters()
         t0 = time.monotonic()
         image = f"docker://{link.host}/ketch:{tag}"
-        name = f"{_CONTAINER_PREFIX}-{index}"
-        output = _run(_ketch_run_command(image, cache, name, rm_mount=True), _ketch_env(state))
+        name = f"{CONTAINER_PREFIX}-{index}"
+        output = run_command(ketch_run_command(image, cache, name, rm_mount=True), ketch_env(state))
         t1 = time.monotonic()
     moved = link.counters() - before
-    _check_output(f"ketch run {tag}", output, expected)
+    check_output(f"ketch run {tag}", output, expected)
     node.sweep()  # --rm-mount left nothing mounted, normally
     remove(cache)
     remove(state)
@@ -629,13 +652,17 @@ def _split_run(node: Node, tag: str, expected: str, index: int) -> dict[str, Any
         c1 = link.counters()
         try:
             t_run = time.monotonic()
-            name = f"{_CONTAINER_PREFIX}-split-{index}"
-            output = _run(_ketch_run_command(image, cache, name, rm_mount=False), _ketch_env(state))
+            name = f"{CONTAINER_PREFIX}-split-{index}"
+            output = run_command(
+                ketch_run_command(image, cache, name, rm_mount=False), ketch_env(state)
+            )
             t2 = time.monotonic()
             c2 = link.counters()
-            _check_output(f"ketch run {tag} (on a live mount)", output, expected)
+            check_output(f"ketch run {tag} (on a live mount)", output, expected)
             status = json.loads(
-                _run([*ketch_command(), "status", str(mountpoint), "--json"], _ketch_env(state))
+                run_command(
+                    [*ketch_command(), "status", str(mountpoint), "--json"], ketch_env(state)
+                )
             )
             cache_fill = sum(p.stat().st_size for p in (cache / "chunks").rglob("*") if p.is_file())
             mounted_log = _mounted_at(mounted.log_file)
@@ -651,13 +678,13 @@ def _split_run(node: Node, tag: str, expected: str, index: int) -> dict[str, Any
         node.cold(f"ketch:{tag}")
         before = link.counters()
         t5 = time.monotonic()
-        name = f"{_CONTAINER_PREFIX}-warm-{index}"
-        warm_output = _run(
-            _ketch_run_command(image, cache, name, rm_mount=True), _ketch_env(warm_state)
+        name = f"{CONTAINER_PREFIX}-warm-{index}"
+        warm_output = run_command(
+            ketch_run_command(image, cache, name, rm_mount=True), ketch_env(warm_state)
         )
         t6 = time.monotonic()
     warm_moved = link.counters() - before
-    _check_output(f"ketch run {tag} (chunk cache warm)", warm_output, expected)
+    check_output(f"ketch run {tag} (chunk cache warm)", warm_output, expected)
     node.sweep()
     remove(cache)
     remove(warm_state)
@@ -826,7 +853,7 @@ def _measure(node: Node, runs: int, meta: dict[str, Any]) -> list[dict[str, Any]
 def run(ctx: Context) -> dict[str, Any]:
     runs = ctx.repeats(3, 1)
     load = os.getloadavg()[0]
-    with _node(ctx) as node:
+    with started_node(ctx) as node:
         started = time.monotonic()
         meta = _push_and_convert(node)
         log(f"cold_start: pushed in {meta['push_s']} s, converted in {meta['convert_s']} s")
