@@ -55,6 +55,15 @@ def verify_bootstrap(bs: Bootstrap) -> list[str]:
     return problems
 
 
+def shown_name(name: bytes) -> str:
+    """A name as a problem line shows it: UTF-8 as is, other bytes and control characters
+    escaped, so that a hostile name can never break a report into more lines."""
+    text = name.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 class _Walker:
     def __init__(self, bs: Bootstrap, problems: list[str]) -> None:
         self.bs = bs
@@ -114,7 +123,7 @@ class _Walker:
         previous: bytes | None = None
         subdirs = 0
         for name, child in self.bs.children(index):
-            shown = path.rstrip("/") + "/" + name.decode(errors="replace")
+            shown = path.rstrip("/") + "/" + shown_name(name)
             if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
                 self.report(shown, "entry name", "a plain name", repr(name))
             if previous is not None and name <= previous:
