@@ -6,8 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from ketch.errors import IntegrityError
+from ketch.format.blob import read_blob_table
 from ketch.format.bootstrap import Bootstrap
 from ketch.format.bootstrap_verify import verify_bootstrap
+from ketch.format.codecs import MAX_CHUNK_SIZE, decoder
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -22,3 +27,20 @@ def test_a_name_with_a_newline_never_breaks_a_check_report_into_lines() -> None:
     assert all("\n" not in problem for problem in problems), problems
     # The name is shown escaped, so the line still says which entry is wrong.
     assert any("/\\x00 \\x00/\\n\\x08z\\x82\\xd7: file type" in p for p in problems), problems
+
+
+def test_a_chunk_size_past_the_largest_chunk_is_an_integrity_error() -> None:
+    data = regression("blob", "lz4-size-2g.blob")
+    _, entries = read_blob_table("blob", len(data), lambda offset, n: data[offset : offset + n])
+    entry = next(e for e in entries if e.uncompressed_size > MAX_CHUNK_SIZE)
+    compressed = data[entry.compressed_offset : entry.compressed_offset + entry.compressed_size]
+    with pytest.raises(
+        IntegrityError, match=r"chunk size: expected at most 16777216, found 2147483648"
+    ):
+        decoder(entry.codec).decompress(compressed, entry.uncompressed_size)
+
+
+@pytest.mark.parametrize("codec", [0, 1, 2])
+def test_every_codec_refuses_a_size_past_the_largest_chunk(codec: int) -> None:
+    with pytest.raises(IntegrityError, match="chunk size"):
+        decoder(codec).decompress(b"\0" * 16, MAX_CHUNK_SIZE + 1)

@@ -10,9 +10,9 @@ import abc
 from collections.abc import Iterable, Iterator
 
 from ketch.errors import UsageError
+from ketch.format.codecs import MAX_CHUNK_SIZE
 
 MIN_CHUNK_SIZE = 4 << 10
-MAX_CHUNK_SIZE = 16 << 20
 DEFAULT_CHUNK_SIZE = 1 << 20
 Block = bytes | memoryview  # file data as read: views of decompressed blocks where possible
 

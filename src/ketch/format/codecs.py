@@ -16,6 +16,9 @@ import zstandard
 
 from ketch.errors import IntegrityError, UsageError
 
+#: the largest chunk (§1): a fixed chunk size is at most this, and so is a CDC chunk
+MAX_CHUNK_SIZE = 16 << 20
+
 
 class CodecId(enum.IntEnum):
     NONE = 0
@@ -31,9 +34,16 @@ class Codec(abc.ABC):
     @abc.abstractmethod
     def compress(self, data: bytes | memoryview) -> bytes: ...
 
-    @abc.abstractmethod
     def decompress(self, data: bytes | memoryview, size: int) -> bytes:
-        """Decompress to exactly ``size`` bytes or raise IntegrityError."""
+        """Decompress to exactly ``size`` bytes or raise IntegrityError. ``size`` comes
+        from a record: it is checked against the largest chunk before anything is
+        allocated for it."""
+        if not 0 <= size <= MAX_CHUNK_SIZE:
+            raise IntegrityError(f"chunk size: expected at most {MAX_CHUNK_SIZE}, found {size}")
+        return self._decompress(data, size)
+
+    @abc.abstractmethod
+    def _decompress(self, data: bytes | memoryview, size: int) -> bytes: ...
 
 
 class NoneCodec(Codec):
@@ -42,7 +52,7 @@ class NoneCodec(Codec):
     def compress(self, data: bytes | memoryview) -> bytes:
         return bytes(data)
 
-    def decompress(self, data: bytes | memoryview, size: int) -> bytes:
+    def _decompress(self, data: bytes | memoryview, size: int) -> bytes:
         if len(data) != size:
             raise IntegrityError(f"stored chunk: expected {size} bytes, found {len(data)}")
         return bytes(data)
@@ -76,7 +86,7 @@ class ZstdCodec(Codec):
     def compress(self, data: bytes | memoryview) -> bytes:
         return self._compressor().compress(data)
 
-    def decompress(self, data: bytes | memoryview, size: int) -> bytes:
+    def _decompress(self, data: bytes | memoryview, size: int) -> bytes:
         try:
             out = self._decompressor().decompress(data, max_output_size=size)
         except zstandard.ZstdError as exc:
@@ -92,7 +102,7 @@ class Lz4Codec(Codec):
     def compress(self, data: bytes | memoryview) -> bytes:
         return lz4.block.compress(data, store_size=False)  # type: ignore[no-any-return]
 
-    def decompress(self, data: bytes | memoryview, size: int) -> bytes:
+    def _decompress(self, data: bytes | memoryview, size: int) -> bytes:
         try:
             out: bytes = lz4.block.decompress(data, uncompressed_size=size)
         except lz4.block.LZ4BlockError as exc:
