@@ -4,6 +4,7 @@ the right result), where it used to raise something else."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from ketch.format.blob import read_blob_table
 from ketch.format.bootstrap import Bootstrap
 from ketch.format.bootstrap_verify import verify_bootstrap
 from ketch.format.codecs import MAX_CHUNK_SIZE, decoder
+from ketch.oci import mediatypes as mt
+from ketch.oci.layout import OciLayout
+from ketch.oci.manifest import Descriptor, Manifest
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -44,3 +48,42 @@ def test_a_chunk_size_past_the_largest_chunk_is_an_integrity_error() -> None:
 def test_every_codec_refuses_a_size_past_the_largest_chunk(codec: int) -> None:
     with pytest.raises(IntegrityError, match="chunk size"):
         decoder(codec).decompress(b"\0" * 16, MAX_CHUNK_SIZE + 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("annotations-list.json", r"fuzz: annotations: expected a string map, found list"),
+        ("json-deep.json", r"fuzz: expected JSON, found arrays or objects nested too deep"),
+        ("json-bigint.json", r"fuzz: expected JSON, found invalid data \(Exceeds the limit"),
+    ],
+)
+def test_hostile_manifests_are_integrity_errors(name: str, message: str) -> None:
+    with pytest.raises(IntegrityError, match=message):
+        Manifest.parse(regression("manifest", name), "fuzz")
+
+
+def _layout_with_index(root: Path, index: bytes) -> OciLayout:
+    layout = OciLayout.create(root)
+    (root / "index.json").write_bytes(index)
+    return layout
+
+
+def test_tagging_into_an_index_whose_manifests_are_not_a_list_is_refused(tmp_path: Path) -> None:
+    index = regression("manifest", "index-manifests-int.json")
+    layout = _layout_with_index(tmp_path / "oci", index)
+    descriptor = Descriptor(mt.OCI_MANIFEST, "sha256:" + "1" * 64, 10)
+    with pytest.raises(IntegrityError, match=r"index.json: manifests: expected a list, found int"):
+        layout.set_tag("latest", descriptor)
+    assert (tmp_path / "oci" / "index.json").read_bytes() == index  # left as it was
+
+
+def test_tagging_keeps_a_foreign_entry_whose_annotations_are_not_a_map(tmp_path: Path) -> None:
+    layout = _layout_with_index(
+        tmp_path / "oci", regression("manifest", "index-annotations-list.json")
+    )
+    descriptor = Descriptor(mt.OCI_MANIFEST, "sha256:" + "1" * 64, 10)
+    layout.set_tag("latest", descriptor)
+    manifests = json.loads((tmp_path / "oci" / "index.json").read_bytes())["manifests"]
+    assert manifests[0] == {"annotations": [1]}
+    assert manifests[1]["annotations"] == {mt.ANNOTATION_REF_NAME: "latest"}
