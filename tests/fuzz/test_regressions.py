@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ketch.errors import IntegrityError
+from ketch.config import load_config, parse_config
+from ketch.errors import IntegrityError, UsageError
 from ketch.format.blob import read_blob_table
 from ketch.format.bootstrap import Bootstrap
 from ketch.format.bootstrap_verify import verify_bootstrap
@@ -87,3 +88,22 @@ def test_tagging_keeps_a_foreign_entry_whose_annotations_are_not_a_map(tmp_path:
     manifests = json.loads((tmp_path / "oci" / "index.json").read_bytes())["manifests"]
     assert manifests[0] == {"annotations": [1]}
     assert manifests[1]["annotations"] == {mt.ANNOTATION_REF_NAME: "latest"}
+
+
+def test_a_configuration_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(regression("config", "latin1.toml"))
+    with pytest.raises(UsageError, match=rf"{path}: not valid TOML: not UTF-8 at byte 19"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("bigint.toml", r"config: not valid TOML: Exceeds the limit \(4300 digits\)"),
+        ("deep.toml", r"config: not valid TOML: arrays or tables nested too deep"),
+    ],
+)
+def test_hostile_configurations_are_usage_errors(name: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_config(regression("config", name).decode())
