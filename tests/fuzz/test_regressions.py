@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ketch.cli.main import main
 from ketch.config import load_config, parse_config
 from ketch.errors import IntegrityError, UsageError
 from ketch.format.blob import read_blob_table
@@ -18,6 +19,7 @@ from ketch.format.codecs import MAX_CHUNK_SIZE, decoder
 from ketch.oci import mediatypes as mt
 from ketch.oci.layout import OciLayout
 from ketch.oci.manifest import Descriptor, Manifest
+from tests.fixtures.ketch import open_image
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -107,3 +109,19 @@ def test_a_configuration_that_is_not_utf8_is_a_usage_error(tmp_path: Path) -> No
 def test_hostile_configurations_are_usage_errors(name: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse_config(regression("config", name).decode())
+
+
+def test_a_prefetch_list_that_is_not_utf8_names_its_paths_by_their_bytes(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "passwd").write_bytes(b"root:x:0:0::/:/bin/sh\n")
+    (rootfs / "caf\udce9").write_bytes(b"latin-1 name\n")
+    listing = tmp_path / "prefetch.list"
+    listing.write_bytes(regression("prefetch_list", "latin1.list"))
+    dest = tmp_path / "oci"
+    assert main(["build", str(rootfs), f"oci:{dest}:ketch", "--prefetch-list", str(listing)]) == 0
+    bootstrap = open_image(dest).bootstrap
+    assert bootstrap.prefetch() == [
+        bootstrap.resolve(b"/caf\xe9"),
+        bootstrap.resolve("/etc/passwd"),
+    ]
