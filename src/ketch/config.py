@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
+from math import inf
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +94,18 @@ def _build(kind: type[Any], table: Any, where: str) -> Any:
             expected = (float, int)
         if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
             raise UsageError(
-                f"{where}.{key}: expected {type(default).__name__}, found {type(value).__name__} {value!r}"
+                f"{where}.{key}: expected {type(default).__name__}, found "
+                f"{type(value).__name__} {_shown(value)}"
             )
+        if isinstance(value, int | float) and not isinstance(value, bool) and not 0 <= value < inf:
+            raise UsageError(f"{where}.{key}: expected a finite number >= 0, found {value!r}")
         values[key] = value
     return kind(**values)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def parse_config(text: str, where: str = "config") -> Config:

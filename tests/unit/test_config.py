@@ -67,3 +67,29 @@ def test_load_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert load_config(path).cache.dir == "/srv/cache"
     monkeypatch.setenv("KETCH_CONFIG", str(path))
     assert load_config().cache.dir == "/srv/cache"
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("[registry]\nretries = -1\n", "registry.retries: expected a finite number >= 0, found -1"),
+        (
+            "[registry]\ntimeout = nan\n",
+            "registry.timeout: expected a finite number >= 0, found nan",
+        ),
+        ("[registry]\ntimeout = -inf\n", "timeout: expected a finite number >= 0, found -inf"),
+        ("[registry]\nhealth_check_interval = inf\n", "interval: expected a finite number >= 0"),
+    ],
+)
+def test_numbers_out_of_range_are_named(text: str, found: str) -> None:
+    with pytest.raises(UsageError, match=found):
+        parse_config(text, "test.toml")
+
+
+def test_a_long_wrong_value_is_shown_shortened() -> None:
+    with pytest.raises(UsageError) as raised:
+        parse_config("[registry]\nproxy = [" + "1, " * 10_000 + "]\n", "test.toml")
+    assert raised.value.message.startswith(
+        "test.toml: registry.proxy: expected str, found list [1,"
+    )
+    assert len(raised.value.message) < 200
