@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -36,6 +37,8 @@ INPUT_TIMEOUT = 10
 RSS_LIMIT_MB = 2048
 #: largest input atheris makes (the largest seed is kept whole when larger)
 MAX_LEN = 16384
+_STAT = re.compile(r"stat::(\w+):\s+(\d+)")
+_COVERAGE = re.compile(r"\bcov: (\d+)")
 _ARTIFACTS = ("crash-", "timeout-", "oom-", "leak-", "slow-unit-")
 
 
@@ -45,6 +48,15 @@ class FuzzResult:
     returncode: int
     artifacts: list[Path]  # inputs that crashed, hung or ran out of memory
     output: str  # the fuzzer's stderr
+
+    def stats(self) -> str:
+        """What the run did, from libFuzzer's last status line and final statistics."""
+        found = dict(_STAT.findall(self.output))
+        coverage = _COVERAGE.findall(self.output)
+        runs = found.get("number_of_executed_units", "?")
+        speed = found.get("average_exec_per_sec", "?")
+        edges = coverage[-1] if coverage else "?"
+        return f"{runs} inputs, {speed}/s, coverage {edges} edges"
 
     @property
     def ok(self) -> bool:
@@ -170,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for target in args.targets or TARGET_NAMES:
         result = fuzz_target(target, args.seconds, args.workdir)
-        print(result.report() if not result.ok else f"fuzz target {target}: ok", flush=True)
+        print(
+            result.report() if not result.ok else f"fuzz target {target}: ok ({result.stats()})",
+            flush=True,
+        )
         failed += not result.ok
     return 1 if failed else 0
