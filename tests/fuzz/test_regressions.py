@@ -19,7 +19,7 @@ from ketch.format.codecs import MAX_CHUNK_SIZE, decoder
 from ketch.oci import mediatypes as mt
 from ketch.oci.layout import OciLayout
 from ketch.oci.manifest import Descriptor, Manifest
-from tests.fixtures.ketch import open_image
+from tests.fixtures.ketch import build_dir, open_image
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -125,3 +125,22 @@ def test_a_prefetch_list_that_is_not_utf8_names_its_paths_by_their_bytes(tmp_pat
         bootstrap.resolve(b"/caf\xe9"),
         bootstrap.resolve("/etc/passwd"),
     ]
+
+
+def test_a_tree_deeper_than_the_recursion_limit_verifies(tmp_path: Path) -> None:
+    """Found while fuzzing the walk: the check recursed once per level, so a valid image
+    with 600 nested directories failed it (and ``ketch unpack`` refused it)."""
+    rootfs = tmp_path / "rootfs"
+    deep = rootfs / "/".join(["d"] * 600)
+    deep.mkdir(parents=True)
+    (deep / "f").write_bytes(b"x")
+    try:
+        build_dir(rootfs, tmp_path / "oci")
+    finally:  # bottom up: removing it whole would recurse 600 deep too
+        (deep / "f").unlink()
+        while deep != rootfs:
+            deep.rmdir()
+            deep = deep.parent
+    bootstrap = open_image(tmp_path / "oci").bootstrap
+    assert bootstrap.inode_count == 602
+    assert verify_bootstrap(bootstrap) == []

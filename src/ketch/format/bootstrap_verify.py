@@ -4,11 +4,15 @@ Recomputes every node's Merkle digest from its record, its children and its chun
 digests, and checks the structure the reader relies on: sorted unique names, chunk
 references that tile each file exactly, every inode reachable exactly as its nlink says.
 Problems are collected, not raised, so ``ketch check`` can name each place that failed.
+The walk keeps its own stack: a tree may be deeper than Python's recursion limit, and a
+directory that names its own ancestor is reported as a cycle, not followed.
 """
 
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from ketch.errors import KetchError
 from ketch.format.bootstrap import ROOT_INODE, Bootstrap
@@ -19,7 +23,7 @@ from ketch.format.merkle import (
     special_digest,
     symlink_digest,
 )
-from ketch.format.records import SUPERBLOCK_SIZE
+from ketch.format.records import SUPERBLOCK_SIZE, InodeRecord
 from ketch.format.xattrs import encode_xattrs
 
 
@@ -35,7 +39,7 @@ def verify_bootstrap(bs: Bootstrap) -> list[str]:
     walker = _Walker(bs, problems)
     try:
         computed = walker.digest_of(ROOT_INODE, "/")
-    except (KetchError, RecursionError) as exc:
+    except KetchError as exc:
         problems.append(f"{bs.name}: tree walk failed: {exc}")
         return problems
     if computed != bs.root_digest:
@@ -64,7 +68,25 @@ def shown_name(name: bytes) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
 
 
+@dataclass(slots=True)
+class _Directory:
+    """A directory being walked: its entries so far, and the one whose digest it awaits."""
+
+    index: int
+    path: str
+    record: InodeRecord
+    attrs: NodeAttrs
+    entries: Iterator[tuple[bytes, int]]
+    children: list[tuple[bytes, bytes]] = field(default_factory=list)
+    previous: bytes | None = None
+    subdirs: int = 0
+    awaiting: bytes = b""  # the name of the subdirectory being walked
+
+
 class _Walker:
+    """Computes node digests bottom-up with its own stack (a tree may be deeper than
+    Python's recursion limit), each inode once, and counts the names of each inode."""
+
     def __init__(self, bs: Bootstrap, problems: list[str]) -> None:
         self.bs = bs
         self.problems = problems
@@ -76,6 +98,24 @@ class _Walker:
         self.problems.append(f"{self.bs.name}: {path}: {what}: expected {expected}, found {found}")
 
     def digest_of(self, index: int, path: str) -> bytes:
+        first = self._visit(index, path)
+        if isinstance(first, bytes):
+            return first
+        stack = [first]
+        while True:
+            directory = stack[-1]
+            below = self._next_subdirectory(directory)
+            if below is not None:
+                stack.append(below)
+                continue
+            stack.pop()
+            digest = self._finish(directory)
+            if not stack:
+                return digest
+            self._add_child(stack[-1], stack[-1].awaiting, directory.index, digest)
+
+    def _visit(self, index: int, path: str) -> bytes | _Directory:
+        """A node's digest, or for a directory not walked yet, its walk to run."""
         self.links[index] = self.links.get(index, 0) + 1
         if index in self.done:
             return self.done[index]
@@ -99,9 +139,8 @@ class _Walker:
                 self.report(path, "directory cycle", "a tree", f"inode {index} again")
                 return b""
             self.on_path.add(index)
-            digest = directory_digest(bs.digest_algorithm, attrs, self._children(index, path))
-            self.on_path.discard(index)
-        elif stat.S_ISREG(mode):
+            return _Directory(index, path, record, attrs, bs.children(index))
+        if stat.S_ISREG(mode):
             digest = file_digest(bs.digest_algorithm, attrs, self._chunk_digests(index, path))
         elif stat.S_ISLNK(mode):
             target = bs.symlink_target(index)
@@ -113,33 +152,45 @@ class _Walker:
         else:
             self.report(path, "file type", "dir/file/symlink/device/fifo/socket", oct(mode))
             digest = b""
+        return self._done(index, path, record, digest)
+
+    def _done(self, index: int, path: str, record: InodeRecord, digest: bytes) -> bytes:
         if digest != record.digest:
             self.report(path, "node digest", record.digest.hex(), digest.hex())
         self.done[index] = digest
         return digest
 
-    def _children(self, index: int, path: str) -> list[tuple[bytes, bytes]]:
-        out: list[tuple[bytes, bytes]] = []
-        previous: bytes | None = None
-        subdirs = 0
-        for name, child in self.bs.children(index):
-            shown = path.rstrip("/") + "/" + shown_name(name)
+    def _next_subdirectory(self, directory: _Directory) -> _Directory | None:
+        """Take ``directory``'s entries up to the next subdirectory to walk."""
+        for name, child in directory.entries:
+            shown = directory.path.rstrip("/") + "/" + shown_name(name)
             if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
                 self.report(shown, "entry name", "a plain name", repr(name))
-            if previous is not None and name <= previous:
-                self.report(shown, "entry order", f"after {previous!r}", "not after")
-            previous = name
+            if directory.previous is not None and name <= directory.previous:
+                self.report(shown, "entry order", f"after {directory.previous!r}", "not after")
+            directory.previous = name
             if child == ROOT_INODE:
                 self.report(shown, "entry inode", "not the root", child)
                 continue
-            digest = self.digest_of(child, shown)
-            if stat.S_ISDIR(self.bs.inode(child).mode):
-                subdirs += 1
-            out.append((name, digest))
-        record = self.bs.inode(index)
-        if record.nlink != 2 + subdirs:
-            self.report(path, "directory nlink", 2 + subdirs, record.nlink)
-        return out
+            found = self._visit(child, shown)
+            if isinstance(found, _Directory):
+                directory.awaiting = name
+                return found
+            self._add_child(directory, name, child, found)
+        return None
+
+    def _add_child(self, directory: _Directory, name: bytes, child: int, digest: bytes) -> None:
+        if stat.S_ISDIR(self.bs.inode(child).mode):
+            directory.subdirs += 1
+        directory.children.append((name, digest))
+
+    def _finish(self, directory: _Directory) -> bytes:
+        self.on_path.discard(directory.index)
+        record = directory.record
+        if record.nlink != 2 + directory.subdirs:
+            self.report(directory.path, "directory nlink", 2 + directory.subdirs, record.nlink)
+        digest = directory_digest(self.bs.digest_algorithm, directory.attrs, directory.children)
+        return self._done(directory.index, directory.path, record, digest)
 
     def _chunk_digests(self, index: int, path: str) -> list[bytes]:
         bs = self.bs
