@@ -23,10 +23,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ketch.format.bootstrap import Bootstrap
+from ketch.format.records import DirentRecord
 from ketch.storage.oci_layout_store import OciLayoutStore
 from tests.fixtures import ocilayout as ol
 from tests.fixtures.ketch import convert, open_image
 from tests.fuzz.runner import CORPUS
+from tests.fuzz.targets import seal_bootstrap
 
 REPO = Path(__file__).resolve().parents[2]
 _LAYER_PREFIX: dict[ol.Compression, bytes] = {
@@ -93,6 +96,8 @@ def bootstraps_blobs_manifests(corpus: Path, work: Path) -> None:
             raise TypeError(f"expected an OCI layout store, found {type(store).__name__}")
         layout = store.layout
         _write(corpus / "bootstrap", f"{name}.bootstrap", bytes(image.bootstrap.raw))
+        if name == "fixed-zstd-blake3":
+            _write(corpus / "bootstrap", "cycle.bootstrap", _with_cycle(image.bootstrap))
         for index, layer in enumerate(image.manifest.layers[:-1]):
             _write(corpus / "blob", f"{name}-{index}.blob", layout.read_blob(layer.digest))
         _write(corpus / "manifest", f"{name}.manifest.json", image.manifest.to_bytes())
@@ -107,6 +112,23 @@ def bootstraps_blobs_manifests(corpus: Path, work: Path) -> None:
         OciLayoutStore.open(source).layout.read_blob(descriptor.digest),
     )
     _write(corpus / "manifest", "multi-platform.index.json", _multi_platform_index(descriptor))
+
+
+def _with_cycle(bootstrap: Bootstrap) -> bytes:
+    """The bootstrap with /usr/lib's entry naming /usr instead of its own directory: a
+    directory that names its own ancestor (sealed again, as a hostile author would)."""
+    usr = bootstrap.resolve("/usr")
+    lib = bootstrap.resolve("/usr/lib")
+    record = bootstrap.inode(lib)
+    data = bytearray(bootstrap.raw)
+    sb = bootstrap.superblock
+    for index in range(record.data_start, record.data_start + record.data_count):
+        dirent = bootstrap.dirent(index)
+        offset = sb.dirent_offset + index * DirentRecord.size_of
+        data[offset : offset + DirentRecord.size_of] = DirentRecord(
+            dirent.name_offset, dirent.name_size, usr
+        ).pack()
+    return seal_bootstrap(bytes(data))
 
 
 def _multi_platform_index(descriptor: object) -> bytes:
