@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ketch.errors import KetchError
+from ketch.errors import KetchError, integrity
 from ketch.format.bootstrap import ROOT_INODE, Bootstrap
 from ketch.format.merkle import (
     NodeAttrs,
@@ -93,6 +93,23 @@ class _Walker:
         self.done: dict[int, bytes] = {}
         self.links: dict[int, int] = {}
         self.on_path: set[int] = set()
+        # Which dirents and chunkrefs a directory or a file has claimed: each belongs to
+        # one, so the walk reads each once, and its work is bounded by the file's size.
+        self.claimed_dirents = bytearray(bs.superblock.dirent_count)
+        self.claimed_refs = bytearray(bs.superblock.chunkref_count)
+
+    def _claim(self, claimed: bytearray, records: range, path: str, what: str, owner: str) -> None:
+        """Mark ``records`` as ``path``'s; records another node claimed end the walk (it
+        would read them again for every node sharing them, a square of the file's size)."""
+        if records.stop > len(claimed):
+            return  # out of its table: reading them raises the reader's own error
+        if claimed.find(1, records.start, records.stop) >= 0:
+            raise integrity(
+                f"{self.bs.name}: {path}: {what} [{records.start}, {records.stop})",
+                f"this {owner}'s own",
+                f"shared with another {owner}",
+            )
+        claimed[records.start : records.stop] = b"\1" * len(records)
 
     def report(self, path: str, what: str, expected: object, found: object) -> None:
         self.problems.append(f"{self.bs.name}: {path}: {what}: expected {expected}, found {found}")
@@ -139,6 +156,9 @@ class _Walker:
                 self.report(path, "directory cycle", "a tree", f"inode {index} again")
                 return b""
             self.on_path.add(index)
+            if record.data_count:
+                entries = range(record.data_start, record.data_start + record.data_count)
+                self._claim(self.claimed_dirents, entries, path, "dirents", "directory")
             return _Directory(index, path, record, attrs, bs.children(index))
         if stat.S_ISREG(mode):
             digest = file_digest(bs.digest_algorithm, attrs, self._chunk_digests(index, path))
@@ -197,7 +217,9 @@ class _Walker:
         record = bs.inode(index)
         position = 0
         digests: list[bytes] = []
-        for ref_index in bs.file_chunkrefs(index):
+        refs = bs.file_chunkrefs(index)
+        self._claim(self.claimed_refs, refs, path, "chunkrefs", "file")
+        for ref_index in refs:
             ref = bs.chunkref(ref_index)
             chunk = bs.chunk(ref.chunk)
             if ref.file_offset != position:
