@@ -23,7 +23,7 @@ from ketch.oci import mediatypes as mt
 from ketch.oci.layout import OciLayout
 from ketch.oci.manifest import Descriptor, Manifest
 from tests.fixtures.ketch import build_dir, open_image
-from tests.fuzz.targets import seal_bootstrap
+from tests.fuzz.targets import seal_blob, seal_bootstrap
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -47,6 +47,20 @@ def test_a_chunk_size_past_the_largest_chunk_is_an_integrity_error() -> None:
     compressed = data[entry.compressed_offset : entry.compressed_offset + entry.compressed_size]
     with pytest.raises(
         IntegrityError, match=r"chunk size: expected at most 16777216, found 2147483648"
+    ):
+        decoder(entry.codec).decompress(compressed, entry.uncompressed_size)
+
+
+def test_a_zstd_frame_declaring_a_huge_size_is_an_integrity_error() -> None:
+    """zstandard allocated what the frame header declared (here 1.9e18 bytes), whatever
+    the size the record gives: MemoryError (found by fuzzing)."""
+    data = seal_blob(regression("blob", "zstd-content-size.blob"))
+    _, entries = read_blob_table("blob", len(data), lambda offset, n: data[offset : offset + n])
+    entry = entries[5]  # the second zstd chunk: its frame header was mutated
+    compressed = data[entry.compressed_offset : entry.compressed_offset + entry.compressed_size]
+    with pytest.raises(
+        IntegrityError,
+        match=r"zstd chunk: expected 4096 bytes, its frame declares 1966685453569298176",
     ):
         decoder(entry.codec).decompress(compressed, entry.uncompressed_size)
 

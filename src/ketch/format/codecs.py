@@ -58,6 +58,9 @@ class NoneCodec(Codec):
         return bytes(data)
 
 
+_UNKNOWN_CONTENT_SIZE = -1  # zstandard.frame_content_size of a frame that does not say
+
+
 class ZstdCodec(Codec):
     codec_id = CodecId.ZSTD
 
@@ -88,6 +91,12 @@ class ZstdCodec(Codec):
 
     def _decompress(self, data: bytes | memoryview, size: int) -> bytes:
         try:
+            # zstandard allocates what the frame header declares: check it first.
+            declared = zstandard.frame_content_size(data)
+            if declared not in (size, _UNKNOWN_CONTENT_SIZE):
+                raise IntegrityError(
+                    f"zstd chunk: expected {size} bytes, its frame declares {declared}"
+                )
             out = self._decompressor().decompress(data, max_output_size=size)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"zstd chunk does not decompress: {exc}") from None
