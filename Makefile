@@ -2,7 +2,8 @@
 #
 #   make install      Debian packages (scripts/install-system-deps.sh) + .venv with '.[dev]'
 #   make lint         ruff check, ruff format --check, mypy, lint-imports
-#   make test         install, lint, then pytest on 2 workers
+#   make test         install, lint, then pytest on 2 workers (a 3 s fuzz pass per target)
+#   make fuzz         fuzz every parser of hostile input, FUZZ_SECONDS each (docs/testing.md)
 #   make demo         scripts/demo.sh (installs, builds the images if missing, runs)
 #   make corpus       shared corpus images  -> .cache/corpus/oci  (if missing)
 #   make test-images  Ketch's own images    -> .cache/images/oci  (if missing)
@@ -18,6 +19,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 SHARED ?= ../shared
 PYTEST_WORKERS ?= 2
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
 
 VENV := .venv
 STAMP := $(VENV)/.installed
@@ -31,7 +34,7 @@ py_dirs = $(foreach d,$(1),$(if $(shell find $(d) -name '*.py' -print -quit 2>/d
 # The integration fixtures (tests/integration/conftest.py) find the shared corpus script here.
 export KETCH_SHARED := $(abspath $(SHARED))
 
-.PHONY: install system-deps lint test demo corpus test-images bench clean distclean
+.PHONY: install system-deps lint test fuzz demo corpus test-images bench clean distclean
 
 # Bytecode for our own sources, refreshed on every install: the editable install compiles
 # nothing, and with PYTHONDONTWRITEBYTECODE set (as on these machines) every `ketch` would
@@ -57,6 +60,10 @@ lint: install
 
 test: install lint
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) tests
+
+# Each target in its own atheris process; new inputs and crashes land in build/fuzz.
+fuzz: install
+	$(VENV)/bin/python -m tests.fuzz fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # No prerequisite: the demo checks what no install can fix (root, FUSE) first, then runs
 # `make install` itself with its output in the demo's log.

@@ -25,6 +25,7 @@ from typing import Any
 from ketch.errors import UsageError
 
 DEFAULT_CONFIG_PATH = Path("/etc/ketch/config.toml")
+MAX_CONFIG_SIZE = 1 << 20  # bytes of a configuration file read at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +206,8 @@ def _build(kind: type[Any], table: Any, where: str) -> Any:
             expected = (float, int)
         if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
             raise UsageError(
-                f"{where}.{key}: expected {type(default).__name__}, found {type(value).__name__} {value!r}"
+                f"{where}.{key}: expected {type(default).__name__}, found "
+                f"{type(value).__name__} {_shown(value)}"
             )
         bounds = spec.metadata.get("bounds")
         if isinstance(bounds, Bounds):
@@ -216,14 +218,21 @@ def _build(kind: type[Any], table: Any, where: str) -> Any:
     return kind(**values)
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
 def parse_config(text: str, where: str = "config") -> Config:
     # Imported here: most nodes have no configuration file, and every command starts here.
     import tomllib  # noqa: PLC0415
 
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of over 4300 digits
         raise UsageError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{where}: not valid TOML: arrays or tables nested too deep") from None
     sections: dict[str, Any] = {}
     for name, table in doc.items():
         kind = _SECTIONS.get(name)
@@ -233,17 +242,29 @@ def parse_config(text: str, where: str = "config") -> Config:
     return Config(**sections)
 
 
+def config_from_bytes(data: bytes, where: str = "config") -> Config:
+    """The configuration a file's bytes hold (TOML is UTF-8)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where}: not valid TOML: not UTF-8 at byte {exc.start}") from None
+    return parse_config(text, where)
+
+
 def load_config(path: Path | None = None) -> Config:
     """The configuration in force: ``path``, else $KETCH_CONFIG, else the default file if
     it exists, else the defaults."""
     explicit = path is not None or "KETCH_CONFIG" in os.environ
     chosen = path or Path(os.environ.get("KETCH_CONFIG", str(DEFAULT_CONFIG_PATH)))
     try:
-        text = chosen.read_text()
+        with chosen.open("rb") as f:
+            data = f.read(MAX_CONFIG_SIZE + 1)
     except FileNotFoundError:
         if explicit:
             raise UsageError(f"{chosen}: configuration file not found") from None
         return Config()
     except OSError as exc:
         raise UsageError(f"{chosen}: cannot read configuration: {exc.strerror}") from None
-    return parse_config(text, str(chosen))
+    if len(data) > MAX_CONFIG_SIZE:
+        raise UsageError(f"{chosen}: configuration: expected at most {MAX_CONFIG_SIZE} bytes")
+    return config_from_bytes(data, str(chosen))

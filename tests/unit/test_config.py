@@ -111,3 +111,12 @@ def test_s3_region_reaches_the_client() -> None:
     )
     assert options.region == "eu-west-3"
     assert make_client("http://127.0.0.1:9", region=options.region).meta.region_name == "eu-west-3"
+
+
+def test_a_long_wrong_value_is_shown_shortened() -> None:
+    with pytest.raises(UsageError) as raised:
+        parse_config("[registry]\nproxy = [" + "1, " * 10_000 + "]\n", "test.toml")
+    assert raised.value.message.startswith(
+        "test.toml: registry.proxy: expected str, found list [1,"
+    )
+    assert len(raised.value.message) < 200

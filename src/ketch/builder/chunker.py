@@ -9,11 +9,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator
 
-from ketch.config import BUILD, BuildSettings, bounds_of, check_chunk_size
+from ketch.config import BUILD, check_chunk_size
 from ketch.errors import UsageError
+from ketch.format.codecs import MAX_CHUNK_SIZE
 
 DEFAULT_CHUNK_SIZE = BUILD.chunk_size
-MAX_CHUNK_SIZE = int(bounds_of(BuildSettings, "chunk_size").high)
 Block = bytes | memoryview  # file data as read: views of decompressed blocks where possible
 
 

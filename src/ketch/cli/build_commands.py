@@ -13,7 +13,7 @@ from ketch.cli.progress import progress as make_progress
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size
 from ketch.config import build_workers
-from ketch.errors import UsageError
+from ketch.format.prefetch_list import read_prefetch_list
 from ketch.oci.manifest import Platform
 from ketch.storage.open import open_store_with
 
@@ -32,16 +32,8 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
             for ref in args.chunk_dict
         ],
         platform=Platform.parse(args.platform) if getattr(args, "platform", None) else None,
-        prefetch_paths=_read_list(args.prefetch_list) if args.prefetch_list else [],
+        prefetch_paths=read_prefetch_list(args.prefetch_list) if args.prefetch_list else [],
     )
-
-
-def _read_list(path: Path) -> list[str]:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read prefetch list: {exc.strerror}") from None
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def _print_build(summary: BuildSummary, as_json: bool) -> None:

@@ -43,6 +43,7 @@ from ketch.daemon.state import (
     write_record,
 )
 from ketch.errors import KetchError, StorageError, UsageError, local_file_error
+from ketch.format.prefetch_list import read_prefetch_list
 from ketch.format.records import ChunkRecord
 from ketch.fs.image_fs import ImageFS
 from ketch.process_identity import process_start
@@ -258,16 +259,6 @@ def set_readahead(mountpoint: Path) -> None:
         log.warning("readahead not set device=%s error=%r", device, exc.strerror)
 
 
-def _read_prefetch_list(path: Path | None) -> list[str]:
-    if path is None:
-        return []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read prefetch list: {exc.strerror}") from None
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-
-
 def run_daemon(config: DaemonConfig, opened: KetchImage | None = None) -> int:
     """Mount and serve in this process until unmounted; the exit code. ``opened`` is the
     image when the caller has opened it already."""
@@ -277,7 +268,7 @@ def run_daemon(config: DaemonConfig, opened: KetchImage | None = None) -> int:
     api: ApiServer | None = None
     try:
         _check_mountpoint(config.mountpoint)
-        prefetch = _read_prefetch_list(config.prefetch_file)
+        prefetch = read_prefetch_list(config.prefetch_file) if config.prefetch_file else []
         if opened is None:
             store, tag = open_store_with(config.image, config.store_options)
             cache_dir = make_cache_dir(config.cache_dir)

@@ -4,6 +4,8 @@ Recomputes every node's Merkle digest from its record, its children and its chun
 digests, and checks the structure the reader relies on: sorted unique names, chunk
 references that tile each file exactly, every inode reachable exactly as its nlink says.
 Problems are collected, not raised, so ``ketch check`` can name each place that failed.
+The walk keeps its own stack: a tree may be deeper than Python's recursion limit, and a
+directory that names its own ancestor is reported as a cycle, not followed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ketch.errors import KetchError
+from ketch.errors import KetchError, integrity
 from ketch.format.bootstrap import ROOT_INODE, Bootstrap
 from ketch.format.merkle import (
     NodeAttrs,
@@ -21,7 +23,7 @@ from ketch.format.merkle import (
     special_digest,
     symlink_digest,
 )
-from ketch.format.records import SUPERBLOCK_SIZE
+from ketch.format.records import SUPERBLOCK_SIZE, InodeRecord
 from ketch.format.xattrs import encode_xattrs
 
 
@@ -57,23 +59,33 @@ def verify_bootstrap(bs: Bootstrap) -> list[str]:
     return problems
 
 
+def shown_name(name: bytes) -> str:
+    """A name as a problem line shows it: UTF-8 as is, other bytes and control characters
+    escaped, so that a hostile name can never break a report into more lines."""
+    text = name.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 @dataclass(slots=True)
 class _Directory:
-    """A directory being walked: its children so far, as (name, digest)."""
+    """A directory being walked: its entries so far, and the one whose digest it awaits."""
 
     index: int
     path: str
-    name: bytes  # its name in the directory that led here
+    record: InodeRecord
     attrs: NodeAttrs
     entries: Iterator[tuple[bytes, int]]
     children: list[tuple[bytes, bytes]] = field(default_factory=list)
     previous: bytes | None = None
     subdirs: int = 0
+    awaiting: bytes = b""  # the name of the subdirectory being walked
 
 
 class _Walker:
-    """Depth-first over the tree with a stack of its own, not Python's: a tree may be
-    deeper than the interpreter's recursion limit."""
+    """Computes node digests bottom-up with its own stack (a tree may be deeper than
+    Python's recursion limit), each inode once, and counts the names of each inode."""
 
     def __init__(self, bs: Bootstrap, problems: list[str]) -> None:
         self.bs = bs
@@ -81,45 +93,46 @@ class _Walker:
         self.done: dict[int, bytes] = {}
         self.links: dict[int, int] = {}
         self.on_path: set[int] = set()
-        self.stack: list[_Directory] = []
+        # Which dirents and chunkrefs a directory or a file has claimed: each belongs to
+        # one, so the walk reads each once, and its work is bounded by the file's size.
+        self.claimed_dirents = bytearray(bs.superblock.dirent_count)
+        self.claimed_refs = bytearray(bs.superblock.chunkref_count)
+
+    def _claim(self, claimed: bytearray, records: range, path: str, what: str, owner: str) -> None:
+        """Mark ``records`` as ``path``'s; records another node claimed end the walk (it
+        would read them again for every node sharing them, a square of the file's size)."""
+        if records.stop > len(claimed):
+            return  # out of its table: reading them raises the reader's own error
+        if claimed.find(1, records.start, records.stop) >= 0:
+            raise integrity(
+                f"{self.bs.name}: {path}: {what} [{records.start}, {records.stop})",
+                f"this {owner}'s own",
+                f"shared with another {owner}",
+            )
+        claimed[records.start : records.stop] = b"\1" * len(records)
 
     def report(self, path: str, what: str, expected: object, found: object) -> None:
         self.problems.append(f"{self.bs.name}: {path}: {what}: expected {expected}, found {found}")
 
     def digest_of(self, index: int, path: str) -> bytes:
-        """The digest of the node ``index`` (for a directory, of everything below it)."""
-        digest = self._enter(index, path, b"")
-        stack = self.stack
-        while stack:
-            top = stack[-1]
-            item = next(top.entries, None)
-            if item is None:
-                stack.pop()
-                digest = self._leave(top)
-                if stack:
-                    stack[-1].children.append((top.name, digest))
+        first = self._visit(index, path)
+        if isinstance(first, bytes):
+            return first
+        stack = [first]
+        while True:
+            directory = stack[-1]
+            below = self._next_subdirectory(directory)
+            if below is not None:
+                stack.append(below)
                 continue
-            name, child = item
-            shown = top.path.rstrip("/") + "/" + name.decode(errors="replace")
-            if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
-                self.report(shown, "entry name", "a plain name", repr(name))
-            if top.previous is not None and name <= top.previous:
-                self.report(shown, "entry order", f"after {top.previous!r}", "not after")
-            top.previous = name
-            if child == ROOT_INODE:
-                self.report(shown, "entry inode", "not the root", child)
-                continue
-            if stat.S_ISDIR(self.bs.inode(child).mode):
-                top.subdirs += 1
-            found = self._enter(child, shown, name)
-            if found is not None:
-                top.children.append((name, found))
-        if digest is None:
-            raise KetchError(f"{self.bs.name}: tree walk of {path} ended early")
-        return digest
+            stack.pop()
+            digest = self._finish(directory)
+            if not stack:
+                return digest
+            self._add_child(stack[-1], stack[-1].awaiting, directory.index, digest)
 
-    def _enter(self, index: int, path: str, name: bytes) -> bytes | None:
-        """A node's digest; None for a directory, which is pushed to be walked."""
+    def _visit(self, index: int, path: str) -> bytes | _Directory:
+        """A node's digest, or for a directory not walked yet, its walk to run."""
         self.links[index] = self.links.get(index, 0) + 1
         if index in self.done:
             return self.done[index]
@@ -143,8 +156,10 @@ class _Walker:
                 self.report(path, "directory cycle", "a tree", f"inode {index} again")
                 return b""
             self.on_path.add(index)
-            self.stack.append(_Directory(index, path, name, attrs, bs.children(index)))
-            return None
+            if record.data_count:
+                entries = range(record.data_start, record.data_start + record.data_count)
+                self._claim(self.claimed_dirents, entries, path, "dirents", "directory")
+            return _Directory(index, path, record, attrs, bs.children(index))
         if stat.S_ISREG(mode):
             digest = file_digest(bs.digest_algorithm, attrs, self._chunk_digests(index, path))
         elif stat.S_ISLNK(mode):
@@ -157,31 +172,54 @@ class _Walker:
         else:
             self.report(path, "file type", "dir/file/symlink/device/fifo/socket", oct(mode))
             digest = b""
-        return self._done(index, path, digest)
+        return self._done(index, path, record, digest)
 
-    def _leave(self, directory: _Directory) -> bytes:
-        """A directory whose entries have all been walked: its digest."""
-        index, path = directory.index, directory.path
-        record = self.bs.inode(index)
-        if record.nlink != 2 + directory.subdirs:
-            self.report(path, "directory nlink", 2 + directory.subdirs, record.nlink)
-        digest = directory_digest(self.bs.digest_algorithm, directory.attrs, directory.children)
-        self.on_path.discard(index)
-        return self._done(index, path, digest)
-
-    def _done(self, index: int, path: str, digest: bytes) -> bytes:
-        record = self.bs.inode(index)
+    def _done(self, index: int, path: str, record: InodeRecord, digest: bytes) -> bytes:
         if digest != record.digest:
             self.report(path, "node digest", record.digest.hex(), digest.hex())
         self.done[index] = digest
         return digest
+
+    def _next_subdirectory(self, directory: _Directory) -> _Directory | None:
+        """Take ``directory``'s entries up to the next subdirectory to walk."""
+        for name, child in directory.entries:
+            shown = directory.path.rstrip("/") + "/" + shown_name(name)
+            if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+                self.report(shown, "entry name", "a plain name", repr(name))
+            if directory.previous is not None and name <= directory.previous:
+                self.report(shown, "entry order", f"after {directory.previous!r}", "not after")
+            directory.previous = name
+            if child == ROOT_INODE:
+                self.report(shown, "entry inode", "not the root", child)
+                continue
+            found = self._visit(child, shown)
+            if isinstance(found, _Directory):
+                directory.awaiting = name
+                return found
+            self._add_child(directory, name, child, found)
+        return None
+
+    def _add_child(self, directory: _Directory, name: bytes, child: int, digest: bytes) -> None:
+        if stat.S_ISDIR(self.bs.inode(child).mode):
+            directory.subdirs += 1
+        directory.children.append((name, digest))
+
+    def _finish(self, directory: _Directory) -> bytes:
+        self.on_path.discard(directory.index)
+        record = directory.record
+        if record.nlink != 2 + directory.subdirs:
+            self.report(directory.path, "directory nlink", 2 + directory.subdirs, record.nlink)
+        digest = directory_digest(self.bs.digest_algorithm, directory.attrs, directory.children)
+        return self._done(directory.index, directory.path, record, digest)
 
     def _chunk_digests(self, index: int, path: str) -> list[bytes]:
         bs = self.bs
         record = bs.inode(index)
         position = 0
         digests: list[bytes] = []
-        for ref_index in bs.file_chunkrefs(index):
+        refs = bs.file_chunkrefs(index)
+        self._claim(self.claimed_refs, refs, path, "chunkrefs", "file")
+        for ref_index in refs:
             ref = bs.chunkref(ref_index)
             chunk = bs.chunk(ref.chunk)
             if ref.file_offset != position:

@@ -17,6 +17,9 @@ import zstandard
 from ketch.config import BUILD
 from ketch.errors import IntegrityError, UsageError
 
+#: the largest chunk (§1): a fixed chunk size is at most this, and so is a CDC chunk
+MAX_CHUNK_SIZE = 16 << 20
+
 
 class CodecId(enum.IntEnum):
     NONE = 0
@@ -32,9 +35,16 @@ class Codec(abc.ABC):
     @abc.abstractmethod
     def compress(self, data: bytes | memoryview) -> bytes: ...
 
-    @abc.abstractmethod
     def decompress(self, data: bytes | memoryview, size: int) -> bytes:
-        """Decompress to exactly ``size`` bytes or raise IntegrityError."""
+        """Decompress to exactly ``size`` bytes or raise IntegrityError. ``size`` comes
+        from a record: it is checked against the largest chunk before anything is
+        allocated for it."""
+        if not 0 <= size <= MAX_CHUNK_SIZE:
+            raise IntegrityError(f"chunk size: expected at most {MAX_CHUNK_SIZE}, found {size}")
+        return self._decompress(data, size)
+
+    @abc.abstractmethod
+    def _decompress(self, data: bytes | memoryview, size: int) -> bytes: ...
 
 
 class NoneCodec(Codec):
@@ -43,10 +53,13 @@ class NoneCodec(Codec):
     def compress(self, data: bytes | memoryview) -> bytes:
         return bytes(data)
 
-    def decompress(self, data: bytes | memoryview, size: int) -> bytes:
+    def _decompress(self, data: bytes | memoryview, size: int) -> bytes:
         if len(data) != size:
             raise IntegrityError(f"stored chunk: expected {size} bytes, found {len(data)}")
         return bytes(data)
+
+
+_UNKNOWN_CONTENT_SIZE = -1  # zstandard.frame_content_size of a frame that does not say
 
 
 class ZstdCodec(Codec):
@@ -77,8 +90,14 @@ class ZstdCodec(Codec):
     def compress(self, data: bytes | memoryview) -> bytes:
         return self._compressor().compress(data)
 
-    def decompress(self, data: bytes | memoryview, size: int) -> bytes:
+    def _decompress(self, data: bytes | memoryview, size: int) -> bytes:
         try:
+            # zstandard allocates what the frame header declares: check it first.
+            declared = zstandard.frame_content_size(data)
+            if declared not in (size, _UNKNOWN_CONTENT_SIZE):
+                raise IntegrityError(
+                    f"zstd chunk: expected {size} bytes, its frame declares {declared}"
+                )
             out = self._decompressor().decompress(data, max_output_size=size)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"zstd chunk does not decompress: {exc}") from None
@@ -93,7 +112,7 @@ class Lz4Codec(Codec):
     def compress(self, data: bytes | memoryview) -> bytes:
         return lz4.block.compress(data, store_size=False)  # type: ignore[no-any-return]
 
-    def decompress(self, data: bytes | memoryview, size: int) -> bytes:
+    def _decompress(self, data: bytes | memoryview, size: int) -> bytes:
         try:
             out: bytes = lz4.block.decompress(data, uncompressed_size=size)
         except lz4.block.LZ4BlockError as exc:

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from ketch.errors import NotFoundError, UnsupportedError
+from ketch.errors import IntegrityError, NotFoundError, UnsupportedError
 from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest, Platform, media_type_of, parse_index
 
@@ -65,18 +65,23 @@ def follow_to_manifest(
 def index_with_tag(doc: dict[str, Any], tag: str, descriptor: Descriptor) -> bytes:
     """An OCI layout's ``index.json`` with ``tag`` pointing at ``descriptor`` (any other
     entry of that tag dropped, every other entry kept)."""
-    manifests = [
-        m
-        for m in doc.get("manifests", [])
-        if not (
-            isinstance(m, dict) and (m.get("annotations") or {}).get(mt.ANNOTATION_REF_NAME) == tag
+    existing = doc.get("manifests", [])
+    if not isinstance(existing, list):
+        raise IntegrityError(
+            f"index.json: manifests: expected a list, found {type(existing).__name__}"
         )
-    ]
+    manifests = [m for m in existing if _ref_name(m) != tag]
     annotations = dict(descriptor.annotations)
     annotations[mt.ANNOTATION_REF_NAME] = tag
     entry = Descriptor(descriptor.media_type, descriptor.digest, descriptor.size, annotations)
     manifests.append(entry.to_json())
     return empty_index(manifests)
+
+
+def _ref_name(entry: Any) -> Any:
+    """The tag an entry of an index names, if it is an object with annotations."""
+    annotations = entry.get("annotations") if isinstance(entry, dict) else None
+    return annotations.get(mt.ANNOTATION_REF_NAME) if isinstance(annotations, dict) else None
 
 
 def empty_index(manifests: list[Any] | None = None) -> bytes:

@@ -235,6 +235,12 @@ class LayerStream:
 
     def _run(self) -> None:
         try:
+            self._decompress()
+        except Exception as exc:  # a bug, passed on as it is: the reader must not wait forever
+            self._put(exc)
+
+    def _decompress(self) -> None:
+        try:
             reader = cast(_ReadInto, self._decompressor())
             while True:
                 with memoryview(self._buffers.take()) as view:

@@ -81,17 +81,13 @@ class Descriptor:
             raise IntegrityError(
                 f"{where}: descriptor mediaType: expected a string, found {media_type!r}"
             )
-        annotations = value.get("annotations") or {}
-        if not isinstance(annotations, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
-        ):
-            raise IntegrityError(f"{where}: descriptor annotations: expected string map")
+        annotations = string_map(value.get("annotations"), f"{where}: descriptor annotations")
         platform = value.get("platform")
         return cls(
             media_type,
             digest,
             size,
-            dict(annotations),
+            annotations,
             platform if isinstance(platform, dict) else None,
             value.get("artifactType") if isinstance(value.get("artifactType"), str) else None,
         )
@@ -138,7 +134,7 @@ class Manifest:
             kind,
             Descriptor.from_json(doc.get("config"), f"{where} config"),
             [Descriptor.from_json(layer, f"{where} layer {i}") for i, layer in enumerate(layers)],
-            dict(doc.get("annotations") or {}),
+            string_map(doc.get("annotations"), f"{where}: annotations"),
             Descriptor.from_json(subject, f"{where} subject") if subject else None,
             doc.get("artifactType") if isinstance(doc.get("artifactType"), str) else None,
         )
@@ -162,13 +158,28 @@ def media_type_of(data: bytes, where: str) -> str:
     return mt.OCI_INDEX if "manifests" in doc else mt.OCI_MANIFEST
 
 
+def string_map(value: Any, where: str) -> dict[str, str]:
+    """Annotations: a JSON object of strings (absent or null: none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise IntegrityError(f"{where}: expected a string map, found {type(value).__name__}")
+    return dict(value)
+
+
 def load_json(data: bytes, where: str) -> dict[str, Any]:
     if len(data) > MAX_MANIFEST_SIZE:
         raise IntegrityError(f"{where}: size: expected <= {MAX_MANIFEST_SIZE}, found {len(data)}")
     try:
         doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or a number of over 4300 digits
         raise IntegrityError(f"{where}: expected JSON, found invalid data ({exc})") from None
+    except RecursionError:
+        raise IntegrityError(
+            f"{where}: expected JSON, found arrays or objects nested too deep"
+        ) from None
     if not isinstance(doc, dict):
         raise IntegrityError(f"{where}: expected a JSON object, found {type(doc).__name__}")
     return doc
