@@ -44,7 +44,7 @@ from ketch.format.records import (
     SuperFlags,
 )
 from ketch.format.xattrs import decode_xattrs, encode_xattrs
-from tests.fixtures.golden_image import VECTORS
+from tests.fixtures.golden_image import FORMAT_CHANGED, VECTORS
 
 
 def _load(name: str) -> Any:
@@ -125,8 +125,8 @@ def test_wire_ids_are_pinned() -> None:
 def test_record_packs_to_the_committed_bytes(kind: str, vector: dict[str, Any]) -> None:
     pack, unpack = RECORD_TYPES[kind]
     expected = bytes.fromhex(vector["hex"])
-    assert pack(vector["fields"]) == expected
-    assert unpack(expected) == vector["fields"]
+    assert pack(vector["fields"]) == expected, FORMAT_CHANGED
+    assert unpack(expected) == vector["fields"], FORMAT_CHANGED
 
 
 @pytest.mark.parametrize(("kind", "vector"), RECORD_CASES)
@@ -152,8 +152,8 @@ def test_record_fields_sit_where_the_format_doc_says(kind: str, vector: dict[str
 def test_xattr_block_encodes_to_the_committed_bytes(vector: dict[str, Any]) -> None:
     xattrs = {bytes.fromhex(k): bytes.fromhex(v) for k, v in vector["xattrs"].items()}
     expected = bytes.fromhex(vector["hex"])
-    assert encode_xattrs(xattrs) == expected
-    assert decode_xattrs(expected) == xattrs
+    assert encode_xattrs(xattrs) == expected, FORMAT_CHANGED
+    assert decode_xattrs(expected) == xattrs, FORMAT_CHANGED
 
 
 def _merkle_id(vector: dict[str, Any]) -> str:
@@ -178,7 +178,7 @@ def test_node_digest_is_the_committed_digest(vector: dict[str, Any]) -> None:
     else:
         digest = special_digest(algo, attrs)
     expected = bytes.fromhex(vector["digest"])
-    assert digest == expected
+    assert digest == expected, FORMAT_CHANGED
     # The bytes hashed, as docs/format.md §3 spells them.
     preimage = bytes.fromhex(vector["preimage"])
     assert preimage.startswith(bytes.fromhex(IDS["merkle_domain"]) + attrs.encode())
@@ -211,7 +211,9 @@ def test_committed_blob_reads_back_its_chunks(vector: dict[str, Any]) -> None:
         assert stored.hex() == chunk["stored"]
         assert entry.codec == chunk["codec"]
         assert entry.digest.hex() == chunk["digest"] == algo.digest(data).hex()
-        assert decoder(entry.codec).decompress(stored, entry.uncompressed_size) == data
+        assert decoder(entry.codec).decompress(stored, entry.uncompressed_size) == data, (
+            FORMAT_CHANGED
+        )
 
 
 @pytest.mark.parametrize("vector", BLOBS, ids=_blob_id)
@@ -235,7 +237,7 @@ def test_blob_writer_lays_out_the_committed_bytes(vector: dict[str, Any], tmp_pa
         digest, size = writer.finish(pack_table(rows), len(rows))
     finally:
         os.close(fd)
-    assert path.read_bytes().hex() == vector["hex"]
+    assert path.read_bytes().hex() == vector["hex"], FORMAT_CHANGED
     assert (digest, size) == (vector["digest"], len(vector["hex"]) // 2)
 
 

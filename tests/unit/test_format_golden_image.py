@@ -31,7 +31,7 @@ from ketch.format.records import (
 from ketch.fs.check import check_image
 from ketch.oci import mediatypes as mt
 from ketch.storage.oci_layout_store import OciLayoutStore
-from tests.fixtures.golden_image import NOISE, TOOL, VARIANTS, Variant, build
+from tests.fixtures.golden_image import FORMAT_CHANGED, NOISE, TOOL, VARIANTS, Variant, build
 from tests.fixtures.ketch import image_fs, open_image
 
 TAG = "golden"
@@ -61,6 +61,7 @@ def _committed_layout(variant: Variant, root: Path) -> Path:
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
 def test_committed_files_have_their_recorded_digests(variant: Variant) -> None:
     expected = _expected(variant)
+    assert expected["options"] == variant.options  # the build options the files came from
     bootstrap = (variant.directory / "bootstrap.bin").read_bytes()
     assert _sha256(bootstrap) == expected["bootstrap"]["digest"]
     assert len(bootstrap) == expected["bootstrap"]["size"]
@@ -80,7 +81,7 @@ def test_committed_files_have_their_recorded_digests(variant: Variant) -> None:
     algo, _, root = expected["root_digest"].partition(":")
     read = Bootstrap(bootstrap)
     assert (read.digest_algorithm.label, read.root_digest.hex()) == (algo, root)
-    assert verify_bootstrap(read) == []
+    assert verify_bootstrap(read) == [], FORMAT_CHANGED
 
 
 def _tables(data: bytes) -> dict[str, list[Any]]:
@@ -130,10 +131,10 @@ def test_todays_builder_rebuilds_the_committed_image(variant: Variant, tmp_path:
         f"{built.bootstrap.digest_algorithm.label}:{built.bootstrap.root_digest.hex()}"
         == (expected["root_digest"])
     )
-    assert _tables(bootstrap) == _tables(committed)
+    assert _tables(bootstrap) == _tables(committed), FORMAT_CHANGED
     if not variant.compressor_independent:
         return
-    assert bootstrap == committed
+    assert bootstrap == committed, FORMAT_CHANGED
     for index, blob in enumerate(expected["blobs"]):
         assert built.bootstrap.blob(index).oci_digest == blob["digest"]
         data = built.store.read_blob(blob["digest"])
@@ -166,7 +167,7 @@ def test_todays_reader_answers_as_recorded(variant: Variant, tmp_path: Path) -> 
             "mtime_ns": attr.mtime_ns,
             "xattrs": {k.decode(): v.hex() for k, v in sorted(fs.xattrs(ino).items())},
         }
-        assert found == {key: node[key] for key in found}, node["path"]
+        assert found == {key: node[key] for key in found}, f"{node['path']}: {FORMAT_CHANGED}"
         if stat.S_ISDIR(attr.mode):
             entries = list(fs.readdir(ino))
             assert [[n.decode(), child] for n, child in entries] == node["entries"], node["path"]
@@ -176,7 +177,7 @@ def test_todays_reader_answers_as_recorded(variant: Variant, tmp_path: Path) -> 
             assert fs.readlink(ino).decode() == node["target"]
         elif stat.S_ISREG(attr.mode):
             data = fs.read(ino, 0, attr.size + 1)
-            assert hashlib.sha256(data).hexdigest() == node["sha256"], node["path"]
+            assert hashlib.sha256(data).hexdigest() == node["sha256"], FORMAT_CHANGED
             for offset, size, digest in node["reads"]:
                 part = fs.read(ino, offset, size)
                 assert part == data[offset : offset + size]
