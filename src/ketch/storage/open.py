@@ -173,8 +173,9 @@ def open_store(
         return store, ref.tag
     if isinstance(ref, RegistryReference):
         # Imported here: httpx is not needed for local layouts.
-        from ketch.storage.registry_client import RegistryClient, RegistryOptions  # noqa: PLC0415
-        from ketch.storage.registry_store import RegistryStore  # noqa: PLC0415
+        from ketch.storage.registry.client import RegistryClient  # noqa: PLC0415
+        from ketch.storage.registry.store import RegistryStore  # noqa: PLC0415
+        from ketch.storage.registry.transport import RegistryOptions  # noqa: PLC0415
 
         options = RegistryOptions(
             creds=creds,
@@ -192,7 +193,7 @@ def open_store(
         if tag is None:  # the parser gives one or the other; keep mypy and readers sure
             raise UnsupportedError(f"{ref}: expected a tag or a digest")
         if mirrors:
-            from ketch.storage.mirrored_store import (  # noqa: PLC0415
+            from ketch.storage.registry.mirrors import (  # noqa: PLC0415
                 MirroredRegistryStore,
                 mirror_client,
             )

@@ -54,8 +54,10 @@ from urllib.parse import urlsplit
 
 from ketch.config import RegistryConfig
 from ketch.errors import IntegrityError, KetchError, NotFoundError, UsageError
-from ketch.storage.registry_client import RangeIgnoredError, RegistryClient, RegistryOptions
-from ketch.storage.registry_store import RegistryStore
+from ketch.storage.registry.blobs import RangeIgnoredError
+from ketch.storage.registry.client import RegistryClient
+from ketch.storage.registry.store import RegistryStore
+from ketch.storage.registry.transport import RegistryOptions
 from ketch.storage.retry import FaultStats
 
 log = logging.getLogger("ketch.storage.mirrors")
