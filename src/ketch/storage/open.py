@@ -188,7 +188,7 @@ def open_store(
             proxy=proxy,
         )
         client = RegistryClient(ref.registry, options)
-        repository = _repository(ref)
+        repository = ref.api_repository
         tag = ref.digest or ref.tag
         if tag is None:  # the parser gives one or the other; keep mypy and readers sure
             raise UnsupportedError(f"{ref}: expected a tag or a digest")
@@ -223,10 +223,3 @@ def open_store(
     raise UnsupportedError(
         f"{ref}: this transport is not supported yet (only oci:DIR:TAG and docker://HOST/REPO:TAG)"
     )
-
-
-def _repository(ref: RegistryReference) -> str:
-    """Docker Hub's official images live under ``library/``, as Docker names them."""
-    if ref.registry in ("docker.io", "index.docker.io") and "/" not in ref.repository:
-        return f"library/{ref.repository}"
-    return ref.repository

@@ -39,6 +39,7 @@ import httpx
 
 from ketch.config import RegistryConfig
 from ketch.errors import IntegrityError, KetchError, NotFoundError, StorageError, UsageError
+from ketch.oci.reference import registry_api_host
 from ketch.storage.registry.auth import Authenticator, Credentials, find_credentials
 from ketch.storage.retry import (
     CONNECTION,
@@ -107,10 +108,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _api_host(registry: str) -> str:
-    return "registry-1.docker.io" if registry in ("docker.io", "index.docker.io") else registry
-
-
 class RegistryTransport:
     """One registry: connections, auth state, retries. Safe to share between threads.
 
@@ -148,7 +145,7 @@ class RegistryTransport:
         if credentials is None:
             credentials = find_credentials(registry, opts.creds, opts.docker_config)
         self.auth = Authenticator(registry, credentials, self._fetch_token)
-        host = _api_host(registry)
+        host = registry_api_host(registry)
         self._schemes = ["http"] if is_loopback(host) else ["https"]
         if not opts.tls_verify and not is_loopback(host):
             self._schemes.append("http")
@@ -212,7 +209,7 @@ class RegistryTransport:
                 return
             what = f"{self.where()}: GET /v2/"
             for number, scheme in enumerate(self._schemes):
-                self.base_url = f"{scheme}://{_api_host(self.registry)}"
+                self.base_url = f"{scheme}://{registry_api_host(self.registry)}"
                 final = number == len(self._schemes) - 1
                 try:
                     response = self._request(
