@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import mmap
 from collections.abc import Callable
 from typing import Protocol
 
@@ -88,6 +89,6 @@ def oci_digest(sha: Sha256) -> str:
     return "sha256:" + sha.hexdigest()
 
 
-def sha256_hex(data: bytes | memoryview) -> str:
+def sha256_hex(data: bytes | memoryview | mmap.mmap) -> str:
     """An OCI content digest (``sha256:<hex>``) of whole bytes."""
     return oci_digest(hashlib.sha256(data))

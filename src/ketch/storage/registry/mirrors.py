@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 from ketch.config import RegistryConfig
 from ketch.errors import IntegrityError, KetchError, NotFoundError, UsageError
+from ketch.format.digests import oci_digest
 from ketch.storage.registry.blobs import RangeIgnoredError
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.store import RegistryStore
@@ -349,7 +350,7 @@ class _MirrorStream(io.RawIOBase):
         if self._checked:
             return
         self._checked = True
-        found = "sha256:" + self._sha.hexdigest()
+        found = oci_digest(self._sha)
         if found == self._digest:
             return
         if not self._mirror_bytes:  # every byte came from the origin: its error alone
