@@ -49,6 +49,26 @@ class BlobAPI(RegistryTransport):
             raise StorageError(f"{what}: HEAD: expected a Content-Length, found {length!r}")
         return int(length)
 
+    def _get_blob(
+        self,
+        repository: str,
+        digest: str,
+        what: str,
+        headers: dict[str, str] | None = None,
+        *,
+        retry: bool = True,
+    ) -> httpx.Response:
+        """``GET`` a blob, streamed: the caller reads and closes the body."""
+        return self._request(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            scope=pull_scope(repository),
+            what=what,
+            headers=headers,
+            stream=True,
+            retry=retry,
+        )
+
     def read_range(self, repository: str, digest: str, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes at ``offset`` (unverified: the caller checks chunks)."""
         what = f"{self.where(repository)}: blob {digest} range [{offset}, {offset + length})"
@@ -58,14 +78,8 @@ class BlobAPI(RegistryTransport):
         self.ping()
 
         def attempt() -> bytes:
-            response = self._request(
-                "GET",
-                f"/v2/{repository}/blobs/{digest}",
-                scope=pull_scope(repository),
-                what=what,
-                headers={"Range": f"bytes={offset}-{last}"},
-                stream=True,
-                retry=False,
+            response = self._get_blob(
+                repository, digest, what, {"Range": f"bytes={offset}-{last}"}, retry=False
             )
             with contextlib.closing(response):
                 return self._range_body(response, offset, length, what)
@@ -117,14 +131,7 @@ class BlobAPI(RegistryTransport):
         self.ping()
 
         def attempt() -> bytes:
-            response = self._request(
-                "GET",
-                f"/v2/{repository}/blobs/{digest}",
-                scope=pull_scope(repository),
-                what=what,
-                stream=True,
-                retry=False,
-            )
+            response = self._get_blob(repository, digest, what, retry=False)
             with contextlib.closing(response):
                 if response.status_code != 200:
                     raise self._fail(response, what, "HTTP 200")
@@ -145,14 +152,7 @@ class BlobAPI(RegistryTransport):
     def _open_stream(self, repository: str, digest: str, offset: int) -> httpx.Response:
         what = f"{self.where(repository)}: blob {digest}"
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = self._request(
-            "GET",
-            f"/v2/{repository}/blobs/{digest}",
-            scope=pull_scope(repository),
-            what=what,
-            headers=headers,
-            stream=True,
-        )
+        response = self._get_blob(repository, digest, what, headers)
         expected = 206 if offset else 200
         if response.status_code != expected:
             raise self._fail(response, what, f"HTTP {expected}")

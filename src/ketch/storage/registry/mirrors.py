@@ -58,7 +58,7 @@ from ketch.format.digests import oci_digest
 from ketch.storage.registry.blobs import RangeIgnoredError
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.store import RegistryStore
-from ketch.storage.registry.transport import RegistryOptions
+from ketch.storage.registry.transport import BLOCK, RegistryOptions
 from ketch.storage.retry import FaultStats
 
 log = logging.getLogger("ketch.storage.mirrors")
@@ -68,7 +68,6 @@ T = TypeVar("T")
 DEFAULT_HEALTH_CHECK_INTERVAL = RegistryConfig().health_check_interval  # ketch.config
 #: a mirror that does not accept a connection within this many seconds has failed
 MIRROR_CONNECT_TIMEOUT = 5.0
-_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +287,7 @@ class MirroredRegistryStore(RegistryStore):
         )
         if mirror is None:
             return stream
-        return io.BufferedReader(_MirrorStream(self, mirror, digest, stream), buffer_size=_BLOCK)
+        return io.BufferedReader(_MirrorStream(self, mirror, digest, stream), buffer_size=BLOCK)
 
 
 class _MirrorStream(io.RawIOBase):
