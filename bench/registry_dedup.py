@@ -51,7 +51,7 @@ _STATS = ("bytes_uploaded", "bytes_downloaded", "blobs_uploaded", "blobs_mounted
 # that its transfer counters can be read at the end. Prints {"summary": ..., "stats": ...}.
 _CONVERT = f"""
 import contextlib, io, json, sys
-from ketch.storage import registry_client
+from ketch.storage.registry import client as registry_client
 
 clients = []
 _init = registry_client.RegistryClient.__init__

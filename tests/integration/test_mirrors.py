@@ -34,9 +34,10 @@ from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
 from ketch.storage.chunk_reader import ChunkReader
 from ketch.storage.ketch_image import KetchImage, open_ketch_image
-from ketch.storage.mirrored_store import MirroredRegistryStore, mirror_client
-from ketch.storage.registry_client import RegistryClient, RegistryOptions
-from ketch.storage.registry_store import RegistryStore
+from ketch.storage.registry.client import RegistryClient
+from ketch.storage.registry.mirrors import MirroredRegistryStore, mirror_client
+from ketch.storage.registry.store import RegistryStore
+from ketch.storage.registry.transport import RegistryOptions
 from tests.fixtures.mirrors import (  # noqa: F401 (fixtures)
     MirrorServer,
     RunningProxy,

@@ -23,8 +23,9 @@ from ketch.errors import IntegrityError, NotFoundError, StorageError, UsageError
 from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest, Platform, canonical_json
 from ketch.storage.open import open_store
-from ketch.storage.registry_client import RegistryClient, RegistryOptions
-from ketch.storage.registry_store import RegistryStore
+from ketch.storage.registry.client import RegistryClient
+from ketch.storage.registry.store import RegistryStore
+from ketch.storage.registry.transport import RegistryOptions
 from tests.fixtures.registry import (  # noqa: F401 (fixtures)
     FaultProxy,
     ObjectStore,

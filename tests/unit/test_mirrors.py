@@ -19,13 +19,14 @@ from ketch.errors import IntegrityError, NotFoundError, StorageError, UsageError
 from ketch.format.codecs import CodecId, ZstdCodec
 from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import ChunkRecord
-from ketch.storage import mirrored_store
 from ketch.storage.chunk_reader import ChunkReader
-from ketch.storage.mirrored_store import MirroredRegistryStore, MirrorStats, mirror_client
 from ketch.storage.oci_layout_store import OciLayoutStore
 from ketch.storage.open import DEFAULT_HEALTH_CHECK_INTERVAL, StoreOptions, open_store
-from ketch.storage.registry_client import RegistryClient, RegistryOptions
-from ketch.storage.registry_store import RegistryStore
+from ketch.storage.registry import mirrors
+from ketch.storage.registry.client import RegistryClient
+from ketch.storage.registry.mirrors import MirroredRegistryStore, MirrorStats, mirror_client
+from ketch.storage.registry.store import RegistryStore
+from ketch.storage.registry.transport import RegistryOptions
 
 REPOSITORY = "team/app"
 
@@ -38,7 +39,7 @@ def _digest(data: bytes) -> str:
 
 
 def test_defaults_agree() -> None:
-    assert DEFAULT_HEALTH_CHECK_INTERVAL == mirrored_store.DEFAULT_HEALTH_CHECK_INTERVAL
+    assert DEFAULT_HEALTH_CHECK_INTERVAL == mirrors.DEFAULT_HEALTH_CHECK_INTERVAL
     assert StoreOptions().health_check_interval == parse_config("").registry.health_check_interval
 
 
@@ -129,7 +130,7 @@ def test_a_mirror_client_has_no_retries_and_no_origin_credentials() -> None:
     try:
         assert client.options.retries == 0 and client.options.creds is None
         assert client.base_url == "https://mirror.example:5000"
-        assert client.options.connect_timeout <= mirrored_store.MIRROR_CONNECT_TIMEOUT
+        assert client.options.connect_timeout <= mirrors.MIRROR_CONNECT_TIMEOUT
     finally:
         client.close()
     # A mirror's URL says its scheme, loopback or not.

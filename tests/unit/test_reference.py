@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from ketch.errors import UsageError
-from ketch.oci.reference import OciLayoutReference, RegistryReference, S3Reference, parse_reference
+from ketch.oci.reference import (
+    OciLayoutReference,
+    RegistryReference,
+    S3Reference,
+    canonical_registry,
+    parse_reference,
+    registry_api_host,
+)
 
 
 @pytest.mark.parametrize(
@@ -56,3 +63,27 @@ def test_s3_references() -> None:
 def test_malformed_references_are_usage_errors(text: str) -> None:
     with pytest.raises(UsageError):
         parse_reference(text)
+
+
+@pytest.mark.parametrize(
+    "hub", ["docker.io", "index.docker.io", "registry-1.docker.io", "Docker.IO"]
+)
+def test_docker_hub_names_are_one_registry(hub: str) -> None:
+    """Every name of Docker Hub compares as docker.io, answers on registry-1.docker.io,
+    and keeps its official images under library/."""
+    assert canonical_registry(hub) == "docker.io"
+    assert registry_api_host(hub) == "registry-1.docker.io"
+    official = parse_reference(f"docker://{hub}/alpine:3")
+    assert isinstance(official, RegistryReference)
+    assert official.api_repository == "library/alpine"
+    user = parse_reference(f"docker://{hub}/someone/alpine:3")
+    assert isinstance(user, RegistryReference)
+    assert user.api_repository == "someone/alpine"
+
+
+def test_other_registries_keep_their_names() -> None:
+    assert canonical_registry("Quay.io") == "quay.io"
+    assert registry_api_host("localhost:5000") == "localhost:5000"
+    ref = parse_reference("docker://localhost:5000/alpine:3")
+    assert isinstance(ref, RegistryReference)
+    assert ref.api_repository == "alpine"

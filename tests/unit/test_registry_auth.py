@@ -14,7 +14,7 @@ import pytest
 from ketch.errors import StorageError, UsageError
 from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest
-from ketch.storage.registry_auth import (
+from ketch.storage.registry.auth import (
     Authenticator,
     Challenge,
     Credentials,
@@ -27,8 +27,9 @@ from ketch.storage.registry_auth import (
     push_scope,
     registry_key,
 )
-from ketch.storage.registry_client import RegistryClient, RegistryOptions, is_loopback
-from ketch.storage.registry_store import RegistryStore
+from ketch.storage.registry.client import RegistryClient
+from ketch.storage.registry.store import RegistryStore
+from ketch.storage.registry.transport import RegistryOptions, is_loopback
 
 # -- WWW-Authenticate -----------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from ketch.storage.open import (
     DEFAULT_RETRIES,
     StoreOptions,
 )
-from ketch.storage.registry_client import RegistryOptions
+from ketch.storage.registry.transport import RegistryOptions
 
 
 def test_open_defaults_are_the_registry_clients() -> None:

@@ -12,8 +12,9 @@ import pytest
 
 from ketch.errors import LocalFileError
 from ketch.process_identity import this_process
-from ketch.storage.registry_client import RegistryClient, RegistryOptions
-from ketch.storage.registry_store import RegistryStore
+from ketch.storage.registry.client import RegistryClient
+from ketch.storage.registry.store import RegistryStore
+from ketch.storage.registry.transport import RegistryOptions
 from ketch.temp_area import TempArea
 
 _IDENTITY = (

@@ -9,10 +9,8 @@ from pathlib import Path
 from ketch.cli.values import ranged
 from ketch.config import Config, MirrorConfig, RegistryConfig, bounds_of
 from ketch.errors import UsageError
-from ketch.oci.reference import RegistryReference, parse_reference
+from ketch.oci.reference import RegistryReference, canonical_registry, parse_reference
 from ketch.storage.open import StoreOptions
-
-_DOCKER_HUB = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 
 
 def parse_bool(text: str) -> bool:
@@ -129,10 +127,7 @@ def _mirrors_for(mirrors: tuple[MirrorConfig, ...], host: str | None) -> list[st
     """The configured mirror URLs for ``host``: those for "*" and those naming it."""
     if host is None:
         return []
-
-    def same(configured: str) -> bool:
-        if configured.lower() == host.lower():
-            return True
-        return configured.lower() in _DOCKER_HUB and host.lower() in _DOCKER_HUB
-
-    return [m.url for m in mirrors if m.url and (m.host == "*" or same(m.host))]
+    wanted = canonical_registry(host)
+    return [
+        m.url for m in mirrors if m.url and (m.host == "*" or canonical_registry(m.host) == wanted)
+    ]

@@ -51,9 +51,9 @@ log = logging.getLogger("ketch.service")
 # Everything a daemon may import, so that no daemon imports anything after the fork.
 _PRELOAD = (
     "ketch.daemon.service",
-    "ketch.storage.registry_store",
-    "ketch.storage.registry_client",
-    "ketch.storage.mirrored_store",
+    "ketch.storage.registry.store",
+    "ketch.storage.registry.client",
+    "ketch.storage.registry.mirrors",
     "ketch.storage.s3_store",
 )
 _MAX_REQUEST = 1 << 20

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ketch.errors import IntegrityError, integrity
-from ketch.format.digests import DigestAlgorithm
+from ketch.format.digests import DigestAlgorithm, oci_digest
 from ketch.format.records import BLOB_CHUNK, BLOB_TRAILER_SIZE, BlobChunkEntry, BlobTrailer
 
 _IOV_MAX = 1024  # Linux: buffers per writev
@@ -59,7 +59,7 @@ class BlobWriter:
                 self._sha.update(piece)
         sha = self._sha
         self.write((table, trailer.pack()))
-        return "sha256:" + sha.hexdigest(), self.size
+        return oci_digest(sha), self.size
 
 
 def _read_ranges(fd: int, ranges: Iterable[tuple[int, int]]) -> Iterator[memoryview]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import mmap
 from collections.abc import Callable
 from typing import Protocol
 
@@ -72,6 +73,22 @@ _HASHERS: dict[DigestAlgorithm, Callable[[bytes | memoryview], bytes]] = {
 }
 
 
-def sha256_hex(data: bytes | memoryview) -> str:
+class Sha256(Protocol):
+    """A running ``hashlib.sha256()``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def oci_digest(sha: Sha256) -> str:
+    """The OCI content digest (``sha256:<hex>``) of what a running sha256 has seen."""
+    if sha.name != "sha256":
+        raise ValueError(f"OCI content digest: expected a sha256 hash, found {sha.name}")
+    return "sha256:" + sha.hexdigest()
+
+
+def sha256_hex(data: bytes | memoryview | mmap.mmap) -> str:
     """An OCI content digest (``sha256:<hex>``) of whole bytes."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return oci_digest(hashlib.sha256(data))

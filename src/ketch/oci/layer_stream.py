@@ -18,6 +18,7 @@ import zstandard
 from isal import igzip, igzip_lib
 
 from ketch.errors import BadLayerError, IntegrityError, KetchError, UnsupportedError
+from ketch.format.digests import oci_digest
 
 BLOCK = 1 << 20  # raw (compressed) reads
 # Decompressed blocks: entry data is handed on as views of them, and only a read that
@@ -283,7 +284,7 @@ class LayerStream:
         return BadLayerError(f"layer {self.digest}: {self._compression} stream is broken: {exc}")
 
     def _verify(self) -> None:
-        found = "sha256:" + self._hashing.sha.hexdigest()
+        found = oci_digest(self._hashing.sha)
         if found != self.digest:
             raise IntegrityError(
                 f"layer {self.digest}: digest: expected {self.digest}, found {found}"

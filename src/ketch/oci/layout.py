@@ -16,7 +16,6 @@ old). umoci keeps its ``.umoci-*`` temporaries in the layout root the same way; 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import tempfile
@@ -32,6 +31,7 @@ from ketch.errors import (
     StorageError,
     local_file_error,
 )
+from ketch.format.digests import sha256_hex
 from ketch.oci import mediatypes as mt
 from ketch.oci.index import empty_index, find_tag, follow_to_manifest, index_with_tag, tag_names
 from ketch.oci.manifest import (
@@ -142,7 +142,7 @@ class OciLayout:
             raise IntegrityError(
                 f"{self.root}: blob {digest}: size: expected <= {max_size}, found more"
             )
-        found = "sha256:" + hashlib.sha256(data).hexdigest()
+        found = sha256_hex(data)
         if found != digest:
             raise IntegrityError(
                 f"{self.root}: blob {digest}: digest: expected {digest}, found {found}"
@@ -176,7 +176,7 @@ class OciLayout:
                 os.unlink(tmp)
 
     def write_blob(self, data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = sha256_hex(data)
         if not self.has_blob(digest):
             with self.blob_writer() as (f, out):
                 f.write(data)

@@ -14,6 +14,11 @@ from pathlib import Path
 from ketch.errors import UsageError
 
 DEFAULT_TAG = "latest"
+#: Docker Hub's names: the one references use, the legacy one (and ``docker login``'s
+#: config.json key), and the host its API answers on
+DOCKER_HUB = "docker.io"
+_DOCKER_HUB_NAMES = frozenset({DOCKER_HUB, "index.docker.io", "registry-1.docker.io"})
+_DOCKER_HUB_API = "registry-1.docker.io"
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
@@ -37,6 +42,14 @@ class RegistryReference:
         suffix = f"@{self.digest}" if self.digest else f":{self.tag}"
         return f"docker://{self.registry}/{self.repository}{suffix}"
 
+    @property
+    def api_repository(self) -> str:
+        """The repository as the registry's API names it: Docker Hub's official images
+        live under ``library/``, as Docker names them."""
+        if is_docker_hub(self.registry) and "/" not in self.repository:
+            return f"library/{self.repository}"
+        return self.repository
+
 
 @dataclass(frozen=True, slots=True)
 class S3Reference:
@@ -49,6 +62,21 @@ class S3Reference:
 
 
 ImageReference = OciLayoutReference | RegistryReference | S3Reference
+
+
+def is_docker_hub(registry: str) -> bool:
+    """Whether a registry name (``host[:port]``, any case) is one of Docker Hub's."""
+    return registry.lower() in _DOCKER_HUB_NAMES
+
+
+def canonical_registry(registry: str) -> str:
+    """How two registry names compare: lower case, Docker Hub's names as ``docker.io``."""
+    return DOCKER_HUB if is_docker_hub(registry) else registry.lower()
+
+
+def registry_api_host(registry: str) -> str:
+    """The host that answers a registry's API: Docker Hub's is not ``docker.io``."""
+    return _DOCKER_HUB_API if is_docker_hub(registry) else registry
 
 
 def parse_reference(text: str) -> ImageReference:

@@ -22,7 +22,6 @@ the snapshotter makes reads the bootstrap, then chunks on demand.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ import grpc
 from google.protobuf import empty_pb2, field_mask_pb2
 
 from ketch.errors import StorageError, UnsupportedError, UsageError
+from ketch.format.digests import sha256_hex
 from ketch.oci.manifest import Manifest, load_json
 from ketch.oci.reference import RegistryReference, parse_reference
 from ketch.snapshot.containerd_api import CONTENT, IMAGES, SNAPSHOTS, ContainerdAPI
@@ -73,9 +73,7 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     chains: list[str] = []
     for diff_id in diff_ids:
         if chains:
-            chains.append(
-                "sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest()
-            )
+            chains.append(sha256_hex(f"{chains[-1]} {diff_id}".encode()))
         else:
             chains.append(diff_id)
     return chains

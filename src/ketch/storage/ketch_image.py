@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ketch.errors import IntegrityError, NotFoundError
 from ketch.format.bootstrap import Bootstrap
+from ketch.format.digests import oci_digest, sha256_hex
 from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest, Platform
 from ketch.storage.store import ImageStore
@@ -96,7 +97,7 @@ def _cached_bootstrap(store: ImageStore, layer: Descriptor, cache_dir: Path) -> 
             f.flush()
             os.fsync(f.fileno())
         hasher.join()
-        if "sha256:" + digest.hexdigest() != layer.digest:
+        if oci_digest(digest) != layer.digest:
             raise IntegrityError(f"{store.name}: bootstrap {layer.digest}: digest mismatch")
         os.replace(tmp, path)
     except OSError as exc:
@@ -105,7 +106,7 @@ def _cached_bootstrap(store: ImageStore, layer: Descriptor, cache_dir: Path) -> 
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         hasher.join()
-        if "sha256:" + digest.hexdigest() != layer.digest:
+        if oci_digest(digest) != layer.digest:
             raise IntegrityError(
                 f"{store.name}: bootstrap {layer.digest}: digest mismatch"
             ) from None
@@ -143,7 +144,7 @@ def _open_cached(path: Path, layer: Descriptor) -> Bootstrap | None:
         return None
     finally:
         os.close(fd)
-    found = "sha256:" + hashlib.sha256(data).hexdigest()
+    found = sha256_hex(data)
     if found != layer.digest:
         data.close()
         _damaged(path, f"digest: expected {layer.digest}, found {found}")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from ketch.errors import IntegrityError, NotFoundError, StorageError
+from ketch.format.digests import oci_digest
 from ketch.oci.layout import OciLayout
 from ketch.oci.manifest import Descriptor, Manifest, Platform
 from ketch.storage.store import ImageStore
@@ -79,7 +80,7 @@ class OciLayoutStore(ImageStore):
                 while block := src.read(1 << 20):
                     sha.update(block)
                     out.write(block)
-            found = "sha256:" + sha.hexdigest()
+            found = oci_digest(sha)
             if found != digest:
                 raise StorageError(f"{self.name}: pushing {digest}: file has digest {found}")
             digests.append(digest)
@@ -93,7 +94,7 @@ class OciLayoutStore(ImageStore):
             while block := src.read(1 << 20):
                 sha.update(block)
                 out.write(block)
-            found = "sha256:" + sha.hexdigest()
+            found = oci_digest(sha)
             if found != digest:
                 raise IntegrityError(
                     f"{other.name}: blob {digest}: digest: expected {digest}, found {found}"

@@ -173,8 +173,9 @@ def open_store(
         return store, ref.tag
     if isinstance(ref, RegistryReference):
         # Imported here: httpx is not needed for local layouts.
-        from ketch.storage.registry_client import RegistryClient, RegistryOptions  # noqa: PLC0415
-        from ketch.storage.registry_store import RegistryStore  # noqa: PLC0415
+        from ketch.storage.registry.client import RegistryClient  # noqa: PLC0415
+        from ketch.storage.registry.store import RegistryStore  # noqa: PLC0415
+        from ketch.storage.registry.transport import RegistryOptions  # noqa: PLC0415
 
         options = RegistryOptions(
             creds=creds,
@@ -187,12 +188,12 @@ def open_store(
             proxy=proxy,
         )
         client = RegistryClient(ref.registry, options)
-        repository = _repository(ref)
+        repository = ref.api_repository
         tag = ref.digest or ref.tag
         if tag is None:  # the parser gives one or the other; keep mypy and readers sure
             raise UnsupportedError(f"{ref}: expected a tag or a digest")
         if mirrors:
-            from ketch.storage.mirrored_store import (  # noqa: PLC0415
+            from ketch.storage.registry.mirrors import (  # noqa: PLC0415
                 MirroredRegistryStore,
                 mirror_client,
             )
@@ -222,10 +223,3 @@ def open_store(
     raise UnsupportedError(
         f"{ref}: this transport is not supported yet (only oci:DIR:TAG and docker://HOST/REPO:TAG)"
     )
-
-
-def _repository(ref: RegistryReference) -> str:
-    """Docker Hub's official images live under ``library/``, as Docker names them."""
-    if ref.registry in ("docker.io", "index.docker.io") and "/" not in ref.repository:
-        return f"library/{ref.repository}"
-    return ref.repository

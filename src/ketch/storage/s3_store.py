@@ -67,7 +67,7 @@ from ketch.errors import (
     StorageError,
     UnsupportedError,
 )
-from ketch.format.digests import sha256_hex
+from ketch.format.digests import oci_digest, sha256_hex
 from ketch.oci import mediatypes as mt
 from ketch.oci.index import empty_index, find_tag, follow_to_manifest, index_with_tag, tag_names
 from ketch.oci.layout import digest_hex
@@ -459,7 +459,7 @@ class S3Store(ImageStore):
                 while block := src.read(_COPY_BLOCK):
                     sha.update(block)
                     out.write(block)
-            found = "sha256:" + sha.hexdigest()
+            found = oci_digest(sha)
             if found != digest:
                 raise IntegrityError(
                     f"{other.name}: blob {digest}: digest: expected {digest}, found {found}"
@@ -511,4 +511,4 @@ def _file_digest(path: Path) -> str:
     with path.open("rb") as f:
         while block := f.read(_COPY_BLOCK):
             sha.update(block)
-    return "sha256:" + sha.hexdigest()
+    return oci_digest(sha)

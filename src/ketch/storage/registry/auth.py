@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ketch.errors import UsageError
+from ketch.oci.reference import canonical_registry
 
 #: a token without ``expires_in`` lives this long (distribution spec, token auth)
 DEFAULT_TOKEN_LIFETIME = 60.0
 #: a cached token this close to expiry is fetched again
 TOKEN_EXPIRY_MARGIN = 10.0
-# Docker Hub's names for itself, as `docker login` writes them into config.json.
-_DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +76,7 @@ def registry_key(name: str) -> str:
     for scheme in ("https://", "http://"):
         if host.startswith(scheme):
             host = host[len(scheme) :]
-    host = host.split("/", 1)[0].lower()
-    return "docker.io" if host in _DOCKER_HUB else host
+    return canonical_registry(host.split("/", 1)[0])
 
 
 def credentials_from_docker_config(registry: str, path: Path) -> Credentials | None:

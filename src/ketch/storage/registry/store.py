@@ -21,7 +21,7 @@ from typing import IO
 
 from ketch.errors import IntegrityError, NotFoundError
 from ketch.oci.manifest import Descriptor, Manifest, Platform, load_json
-from ketch.storage.registry_client import RegistryClient
+from ketch.storage.registry.client import RegistryClient
 from ketch.storage.retry import FaultStats
 from ketch.storage.store import ImageStore
 from ketch.temp_area import local_spool_area

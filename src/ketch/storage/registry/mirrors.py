@@ -54,8 +54,11 @@ from urllib.parse import urlsplit
 
 from ketch.config import RegistryConfig
 from ketch.errors import IntegrityError, KetchError, NotFoundError, UsageError
-from ketch.storage.registry_client import RangeIgnoredError, RegistryClient, RegistryOptions
-from ketch.storage.registry_store import RegistryStore
+from ketch.format.digests import oci_digest
+from ketch.storage.registry.blobs import RangeIgnoredError
+from ketch.storage.registry.client import RegistryClient
+from ketch.storage.registry.store import RegistryStore
+from ketch.storage.registry.transport import BLOCK, RegistryOptions
 from ketch.storage.retry import FaultStats
 
 log = logging.getLogger("ketch.storage.mirrors")
@@ -65,7 +68,6 @@ T = TypeVar("T")
 DEFAULT_HEALTH_CHECK_INTERVAL = RegistryConfig().health_check_interval  # ketch.config
 #: a mirror that does not accept a connection within this many seconds has failed
 MIRROR_CONNECT_TIMEOUT = 5.0
-_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +287,7 @@ class MirroredRegistryStore(RegistryStore):
         )
         if mirror is None:
             return stream
-        return io.BufferedReader(_MirrorStream(self, mirror, digest, stream), buffer_size=_BLOCK)
+        return io.BufferedReader(_MirrorStream(self, mirror, digest, stream), buffer_size=BLOCK)
 
 
 class _MirrorStream(io.RawIOBase):
@@ -347,7 +349,7 @@ class _MirrorStream(io.RawIOBase):
         if self._checked:
             return
         self._checked = True
-        found = "sha256:" + self._sha.hexdigest()
+        found = oci_digest(self._sha)
         if found == self._digest:
             return
         if not self._mirror_bytes:  # every byte came from the origin: its error alone
