@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from ketch.config import RegistryOptions
 from ketch.storage.oci_layout_store import OciLayoutStore
-from ketch.storage.registry_client import RegistryClient, RegistryOptions
+from ketch.storage.registry_client import RegistryClient
 from ketch.storage.registry_store import RegistryStore
 from ketch.storage.s3_store import MIN_PART_SIZE, S3Store
 from ketch.storage.store import ImageStore

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from ketch.config import RegistryOptions
 from ketch.errors import StorageError
 from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest, canonical_json
-from ketch.storage.registry_client import RegistryClient, RegistryOptions
+from ketch.storage.registry_client import RegistryClient
 from ketch.storage.registry_store import RegistryStore
 from tests.fixtures.registry import (  # noqa: F401 (fixtures)
     FaultProxy,

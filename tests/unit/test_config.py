@@ -109,5 +109,7 @@ def test_s3_region_reaches_the_client() -> None:
         build_parser().parse_args(["inspect", "s3://bucket/prefix:t"]),
         parse_config("[s3]\nregion = 'eu-west-3'\n"),
     )
-    assert options.region == "eu-west-3"
-    assert make_client("http://127.0.0.1:9", region=options.region).meta.region_name == "eu-west-3"
+    assert options.s3.region == "eu-west-3"
+    assert (
+        make_client("http://127.0.0.1:9", region=options.s3.region).meta.region_name == "eu-west-3"
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ketch.config import RegistryOptions
 from ketch.errors import StorageError, UsageError
 from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest
@@ -27,7 +28,7 @@ from ketch.storage.registry_auth import (
     push_scope,
     registry_key,
 )
-from ketch.storage.registry_client import RegistryClient, RegistryOptions, is_loopback
+from ketch.storage.registry_client import RegistryClient, is_loopback
 from ketch.storage.registry_store import RegistryStore
 
 # -- WWW-Authenticate -----------------------------------------------------------------

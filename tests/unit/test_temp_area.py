@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from ketch.config import RegistryOptions
 from ketch.errors import LocalFileError
 from ketch.process_identity import this_process
-from ketch.storage.registry_client import RegistryClient, RegistryOptions
+from ketch.storage.registry_client import RegistryClient
 from ketch.storage.registry_store import RegistryStore
 from ketch.temp_area import TempArea
 

@@ -52,9 +52,9 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
-from ketch.config import RegistryConfig
+from ketch.config import RegistryConfig, RegistryOptions
 from ketch.errors import IntegrityError, KetchError, NotFoundError, UsageError
-from ketch.storage.registry_client import RangeIgnoredError, RegistryClient, RegistryOptions
+from ketch.storage.registry_client import RangeIgnoredError, RegistryClient
 from ketch.storage.registry_store import RegistryStore
 from ketch.storage.retry import FaultStats
 
