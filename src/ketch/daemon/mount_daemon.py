@@ -26,7 +26,7 @@ from ketch.daemon.access_trace import AccessTrace
 from ketch.daemon.api import ApiServer, json_route
 from ketch.daemon.fuse_ops import KetchOperations
 from ketch.daemon.launcher import Ready, signal_ready
-from ketch.daemon.metrics import Metrics
+from ketch.daemon.metrics import Counter, Metrics
 from ketch.daemon.prefetch_plan import RangeRead, plan_prefetch
 from ketch.daemon.process import log_to, setup_logging
 from ketch.daemon.state import (
@@ -120,27 +120,31 @@ class _Daemon:
         }
 
     def render_metrics(self) -> tuple[str, bytes]:
+        """The counters, from one snapshot (``stats()``) of each source."""
         m = self.metrics
-        m.set(m.backend_read_bytes, self.reader.backend_bytes)
-        m.set(m.cache_hits, self.reader.cache_hits + self.reader.memory_hits)
-        m.set(m.cache_misses, self.reader.cache_misses)
-        m.set(m.verify_failures, self.reader.reader.verify_failures)
-        cache = self.cache.stats()
-        m.set(m.cache_corrupt, cache.corrupt)
-        m.set(m.cache_store_errors, cache.store_errors)
-        m.set(m.cache_no_space, cache.no_space)
+        reader, cache = self.reader.stats(), self.cache.stats()
         faults = self.image.store.fault_stats()
-        m.set_labelled(m.request_retries, faults.retries)
-        m.set_labelled(m.request_failures, faults.failures)
-        m.set(m.fetch_timeouts, faults.timeouts)
+        values: list[tuple[Counter, float]] = [
+            (m.backend_read_bytes, reader.backend_bytes),
+            (m.cache_hits, reader.cache_hits + reader.memory_hits),
+            (m.cache_misses, reader.cache_misses),
+            (m.verify_failures, self.reader.reader.verify_failures),
+            (m.cache_corrupt, cache.corrupt),
+            (m.cache_store_errors, cache.store_errors),
+            (m.cache_no_space, cache.no_space),
+            (m.fetch_timeouts, faults.timeouts),
+        ]
         # A store with mirrors counts where its reads went (duck-typed: importing the
         # registry modules here would slow every mount).
         stats = getattr(self.image.store, "stats", None)
         mirror = stats() if callable(stats) else None
         if mirror is not None and hasattr(mirror, "mirror_reads"):
-            m.set(m.mirror_reads, mirror.mirror_reads)
-            m.set(m.origin_fallbacks, mirror.origin_fallbacks)
-            m.set(m.mirror_failures, mirror.mirror_failures)
+            values += [
+                (m.mirror_reads, mirror.mirror_reads),
+                (m.origin_fallbacks, mirror.origin_fallbacks),
+                (m.mirror_failures, mirror.mirror_failures),
+            ]
+        m.set(values, [(m.request_retries, faults.retries), (m.request_failures, faults.failures)])
         return "text/plain; version=0.0.4", m.render().encode()
 
     def prefetch(self, paths: list[str]) -> None:

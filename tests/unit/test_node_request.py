@@ -1,0 +1,53 @@
+"""The node service's request: a ``DaemonConfig`` as JSON with the client's environment
+and working directory, checked once, in the service, before anything forks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ketch.config import DaemonConfig, RegistryOptions, StoreOptions, to_json
+from ketch.daemon.node_service import _parse_request
+from ketch.errors import UsageError
+
+
+def _body(**changes: object) -> dict[str, object]:
+    config = DaemonConfig(
+        image="docker://127.0.0.1:5000/app:1",
+        mountpoint=Path("/mnt/app"),
+        store=StoreOptions(RegistryOptions(creds="u:p", retries=1)),
+    )
+    body: dict[str, object] = {"daemon": to_json(config), "env": {"HOME": "/root"}, "cwd": "/"}
+    body.update(changes)
+    return body
+
+
+def test_a_request_decodes_to_the_config_the_client_sent() -> None:
+    request = _parse_request(json.dumps(_body()).encode())
+    assert request.daemon.store.registry.creds == "u:p"
+    assert request.daemon.mountpoint == Path("/mnt/app")
+    assert (request.env, request.cwd) == ({"HOME": "/root"}, "/")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"not json", "node service request: not JSON"),
+        (b"[]", "node service request: expected a table"),
+        (json.dumps(_body(cwd="relative")).encode(), r"request\.cwd: expected an absolute path"),
+        (json.dumps(_body(env={"A": 1})).encode(), r"request\.env\.A: expected str"),
+        (json.dumps(_body(extra=1)).encode(), r"request\.extra: unknown key"),
+        (json.dumps(_body(daemon={})).encode(), r"request\.daemon\.image: missing"),
+        (
+            json.dumps(
+                _body(daemon={**to_json(DaemonConfig("i", None)), "cache_size": -1})
+            ).encode(),
+            r"request\.daemon\.cache_size: expected an integer",
+        ),
+    ],
+)
+def test_a_malformed_request_is_refused_with_one_line(raw: bytes, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        _parse_request(raw)
