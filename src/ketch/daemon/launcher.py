@@ -71,29 +71,29 @@ def start_daemon(config: DaemonConfig, timeout: float = START_TIMEOUT) -> Ready:
     forked from this process; what it said once ready."""
     log_file = daemon_log_file(config)
     message = _via_service(config, log_file, timeout)
-    if message is None:
-        read_end, write_end = os.pipe()
+    if message is not None:
+        return _ready(message)
 
-        def serve() -> int:
-            from ketch.daemon.mount_daemon import serve_config  # noqa: PLC0415 - FUSE, trio
+    def serve(ready_fd: int) -> int:
+        from ketch.daemon.mount_daemon import serve_config  # noqa: PLC0415 - FUSE, trio
 
-            os.close(read_end)
-            return serve_config(config, write_end)
+        return serve_config(config, ready_fd)
 
-        pid = fork_detached(serve, log_file)
-        os.close(write_end)
-        message = _await_ready(read_end, timeout, log_file, pid)
-        ready = _ready(message)
-        if not ready.started:
-            _reap(pid)  # it only looked: it exits at once
-        return ready
-    return _ready(message)
+    pid, message = _fork(serve, log_file, timeout)
+    ready = _ready(message)
+    if not ready.started:
+        _reap(pid)  # it only looked for a live mount: it exits at once
+    return ready
 
 
 def start_forked(
     serve: Callable[[int], int], log_file: Path, timeout: float = START_TIMEOUT
 ) -> int:
     """Fork a detached process that runs ``serve(ready_fd)``; its pid once it said ready."""
+    return _fork(serve, log_file, timeout)[0]
+
+
+def _fork(serve: Callable[[int], int], log_file: Path, timeout: float) -> tuple[int, bytes]:
     read_end, write_end = os.pipe()
 
     def body() -> int:
@@ -102,8 +102,7 @@ def start_forked(
 
     pid = fork_detached(body, log_file)
     os.close(write_end)
-    _await_ready(read_end, timeout, log_file, pid)
-    return pid
+    return pid, _await_ready(read_end, timeout, log_file, pid)
 
 
 def _via_service(config: DaemonConfig, log_file: Path, timeout: float) -> bytes | None:
