@@ -31,6 +31,31 @@ def test_a_request_decodes_to_the_config_the_client_sent() -> None:
     assert (request.env, request.cwd) == ({"HOME": "/root"}, "/")
 
 
+def _daemon_with(**changes: object) -> dict[str, object]:
+    return {**to_json(DaemonConfig("oci:/x:t", None)), **changes}
+
+
+def _registry_with(**changes: object) -> dict[str, object]:
+    store = to_json(StoreOptions())
+    return _daemon_with(store={**store, "registry": {**store["registry"], **changes}})
+
+
+@pytest.mark.parametrize(
+    ("daemon", "message"),
+    [
+        # Both were accepted before: "" became Path("."), and the size had no bound.
+        (_registry_with(ca_file=""), r"registry\.ca_file: expected a path"),
+        (_daemon_with(cache_size=1 << 62), r"cache_size: expected an integer from 0 to"),
+        (_registry_with(docker_config=7), r"registry\.docker_config: expected a path"),
+    ],
+)
+def test_values_are_checked_as_the_command_line_checks_them(
+    daemon: dict[str, object], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        _parse_request(json.dumps(_body(daemon=daemon)).encode())
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
