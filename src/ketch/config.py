@@ -306,7 +306,12 @@ def _decode(hint: Any, value: object, where: str) -> Any:
         raise UsageError(
             f"{where}: expected {hint.__name__}, found {type(value).__name__} {value!r}"
         )
-    return float(value) if hint is float else value
+    if hint is not float:
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        raise UsageError(f"{where}: expected a number, found one too large") from None
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -324,7 +329,7 @@ def parse_config(text: str, where: str = "config") -> Config:
 
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer of over 4300 digits
         raise UsageError(f"{where}: not valid TOML: {exc}") from None
     sections: dict[str, Any] = {}
     for name, table in doc.items():

@@ -47,6 +47,8 @@ def _registry_with(**changes: object) -> dict[str, object]:
         (_registry_with(ca_file=""), r"registry\.ca_file: expected a path"),
         (_daemon_with(cache_size=1 << 62), r"cache_size: expected an integer from 0 to"),
         (_registry_with(docker_config=7), r"registry\.docker_config: expected a path"),
+        # float() of it raises OverflowError: a usage error too.
+        (_registry_with(read_timeout=10**400), r"read_timeout: expected a number"),
     ],
 )
 def test_values_are_checked_as_the_command_line_checks_them(
@@ -61,6 +63,9 @@ def test_values_are_checked_as_the_command_line_checks_them(
     [
         (b"not json", "node service request: not JSON"),
         (b"[]", "node service request: expected a table"),
+        # Raised ValueError, which ended the service (its loop catches KetchError only).
+        (b"1" * 5000, "node service request: not JSON"),
+        (b"\xff", "node service request: not JSON"),
         (json.dumps(_body(cwd="relative")).encode(), r"request\.cwd: expected an absolute path"),
         (json.dumps(_body(env={"A": 1})).encode(), r"request\.env\.A: expected str"),
         (json.dumps(_body(extra=1)).encode(), r"request\.extra: unknown key"),

@@ -74,7 +74,7 @@ class _Request:
 def _parse_request(raw: bytes) -> _Request:
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer of over 4300 digits
         raise UsageError(f"node service request: not JSON ({exc})") from None
     request = from_json(_Request, body, "node service request")
     if not request.cwd.startswith("/"):
