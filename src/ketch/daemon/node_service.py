@@ -206,6 +206,11 @@ def serve_node(ready_fd: int | None = None) -> int:
                     _answer_error(conn, exc)
                 except OSError as exc:
                     log.warning("request failed error=%r", str(exc))
+                except _StopRequestedError:
+                    raise
+                except Exception as exc:  # a bug: this request fails, the service serves on
+                    log.exception("request failed error=%r", str(exc))
+                    _answer_error(conn, KetchError(f"node service: {type(exc).__name__}: {exc}"))
     except _StopRequestedError:
         log.info("node service stopping")
     finally:
