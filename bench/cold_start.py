@@ -39,7 +39,7 @@ Every Ketch run has the node service running (``ketch service start`` in its fre
 directory, before the cache drop), as a node runs its container services before any
 container starts: the daemon is forked from it, and resolves the image itself.
 
-The start-up floor: ``import ketch.cli.main, ketch.daemon.service`` in a fresh interpreter
+The start-up floor: ``import ketch.cli.main, ketch.daemon.mount_daemon`` in a fresh interpreter
 right after a cache drop, and again warm (what a node without the service pays per mount).
 
 The startup profile comes from the split runs: the link's timeline of HTTP exchanges
@@ -101,7 +101,7 @@ _ACCEPT = ", ".join(
 )
 _OWN_READS = frozenset({"/etc/passwd", "/etc/group"})  # ketch run's User lookup
 CONTAINER_PREFIX = "ketch-bench-cs"
-DAEMON_IMPORTS = "import ketch.cli.main, ketch.daemon.service"
+DAEMON_IMPORTS = "import ketch.cli.main, ketch.daemon.mount_daemon"
 SMALL_FETCH = 64 << 10
 MERGE_GAPS: tuple[int, ...] = (0, 64 << 10, 256 << 10, 1 << 20, 4 << 20)
 
@@ -440,7 +440,7 @@ def _import_seconds(code: str) -> float:
 
 
 def _startup_floor(node: Node, runs: int) -> dict[str, float]:
-    """The daemon's imports (``ketch.cli.main`` + ``ketch.daemon.service``) in a fresh
+    """The daemon's imports (``ketch.cli.main`` + ``ketch.daemon.mount_daemon``) in a fresh
     interpreter, right after a cache drop and again warm."""
     cold, warm = [], []
     for _ in range(runs):

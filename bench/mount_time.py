@@ -21,7 +21,7 @@ floor is then sampled right before every timed mount: a fresh ``python -c`` impo
 spawn until its imports are done (the child prints ``time.monotonic()``, a clock all
 processes share, so interpreter exit is not counted). For reference, median of 5 fresh
 processes each: the bare interpreter (``python -c pass``), ``import ketch.cli.main`` and
-``import ketch.daemon.service``. Opening the image the daemon's way (``open_store`` +
+``import ketch.daemon.mount_daemon``. Opening the image the daemon's way (``open_store`` +
 ``open_ketch_image`` with a cache directory) is timed in a fresh interpreter. Median of 5
 runs (2 with ``--quick``).
 """
@@ -56,7 +56,7 @@ CASE_LABELS = {
 REFERENCE_IMPORTS = {
     "python_ms": "pass",
     "cli_main_ms": "import ketch.cli.main",
-    "daemon_service_ms": "import ketch.daemon.service",
+    "daemon_service_ms": "import ketch.daemon.mount_daemon",
 }
 _IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( +)(\S+)$")
 _TOP = 10
@@ -401,7 +401,7 @@ the daemon's {daemon["modules"]} (its Ketch modules: {ketch_modules}). Over all 
 {cli["total_ms"]:.0f} ms importing (heaviest, self ms per package: {_heaviest(cli)}) and
 the daemon {daemon["total_ms"]:.0f} ms ({_heaviest(daemon)}). For reference, fresh
 processes, median of 5: the interpreter alone (`python -c pass`) {ref["python_ms"]:.0f}
-ms, `import ketch.cli.main` {ref["cli_main_ms"]:.0f} ms, `import ketch.daemon.service`
+ms, `import ketch.cli.main` {ref["cli_main_ms"]:.0f} ms, `import ketch.daemon.mount_daemon`
 {ref["daemon_service_ms"]:.0f} ms.
 
 Target: under {data["target_ms"]:.0f} ms to the first stat, and flat: {verdict} (worst median

@@ -3,11 +3,17 @@ configuration for the daemon and the tools (command-line options override it).
 
     /etc/ketch/config.toml, or $KETCH_CONFIG, or --config PATH
 
-Each section is a frozen dataclass whose field defaults are *the* defaults: the command
-line, ``StoreOptions``, ``RegistryOptions``, the S3 store and the mirror store import them
-from here, and a test checks docs/cli.md and docs/config.example.toml against them. A
-numeric field carries its range (``Bounds``), checked once, when the file or the command
-line is parsed: a value out of range is a ``UsageError`` (exit 2) naming the key.
+Each section is a frozen dataclass whose field defaults are *the* defaults, and a test
+checks docs/cli.md and docs/config.example.toml against them. A numeric field carries its
+range (``Bounds``), checked once, when the file, the command line or a JSON record is
+parsed: a value out of range is a ``UsageError`` (exit 2) naming the key.
+
+The settings the file and the command line resolve to are records of their own, passed
+whole down the layers: ``StoreOptions`` (how to reach a store; its ``RegistryOptions``
+go as they are to the registry client) and ``DaemonConfig`` (one mount daemon, as the
+node service's request carries it). ``to_json`` and ``from_json`` turn any of these
+dataclasses into JSON values and back, checking types and ranges on the way in; the TOML
+file is read by the same ``from_json``.
 
 An unknown key or a value of the wrong type is an error naming the file, the key and what
 was expected (a typo must not silently fall back to a default). ``BuildSettings`` holds the
@@ -18,14 +24,18 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import Field, dataclass, field, fields
+import types
+from collections.abc import Callable
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 from ketch.errors import UsageError
 
 DEFAULT_CONFIG_PATH = Path("/etc/ketch/config.toml")
 MAX_CONFIG_SIZE = 1 << 20  # bytes of a configuration file read at most
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +66,12 @@ def _number_text(value: float) -> str:
 
 def _ranged(default: float | None, low: float, high: float, *, integer: bool = False) -> Any:
     return field(default=default, metadata={"bounds": Bounds(low, high, integer)})
+
+
+def _like(kind: type[Any], name: str) -> Any:
+    """A field with the default and range of the setting ``kind.name`` (one spelling)."""
+    spec: Field[Any] = next(f for f in fields(kind) if f.name == name)
+    return field(default=spec.default, metadata=spec.metadata)
 
 
 def bounds_of(kind: type[Any], name: str) -> Bounds:
@@ -91,7 +107,7 @@ def parse_size(text: str, where: str = "size") -> int:
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
     dir: str = "/var/cache/ketch"  # node-wide chunk cache shared by all mounts
-    size: str = "0"  # "10G"; "0": no limit (checked by parse_size)
+    size: str = field(default="0", metadata={"check": parse_size})  # "10G"; "0": no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +191,135 @@ def build_workers(workers: int) -> int:
     return workers or os.cpu_count() or 2
 
 
+@dataclass(frozen=True, slots=True)
+class RegistryOptions:
+    """How to reach a registry: ``[registry]`` and the command line, resolved. The
+    timeouts and retries are S3's too. Every default works on loopback."""
+
+    creds: str | None = None  # USER:PASSWORD; else the Docker config's entry
+    docker_config: Path | None = None  # a config.json; else $DOCKER_CONFIG or ~/.docker
+    tls_verify: bool = True
+    ca_file: Path | None = None  # trusted in addition to the system store
+    connect_timeout: float = _like(RegistryConfig, "connect_timeout")
+    read_timeout: float = _like(RegistryConfig, "timeout")  # between two bytes of an answer
+    retries: int = _like(RegistryConfig, "retries")  # attempts after the first
+    proxy: str | None = None  # HTTP proxy URL for every request, e.g. http://127.0.0.1:8888
+    backoff: float = _ranged(0.5, 0, 3600)  # first wait; doubled each time, with jitter
+    max_retry_wait: float = _ranged(30.0, 0, _DAY)  # cap on any one wait, Retry-After included
+    chunk_size: int = _ranged(16 << 20, 1, 1 << 40, integer=True)  # uploads above: in pieces
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """How to reach a store, as the command line and the configuration say."""
+
+    registry: RegistryOptions = field(default_factory=RegistryOptions)
+    mirrors: tuple[str, ...] = ()  # registry mirror URLs for blob reads, tried in order
+    health_check_interval: float = _like(RegistryConfig, "health_check_interval")
+    s3: S3Config = field(default_factory=S3Config)
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """One mount daemon: what `ketch mount` and `ketch run` ask for, and what the node
+    service's request carries (``to_json``/``from_json``)."""
+
+    image: str
+    mountpoint: Path | None  # None: `ketch run`'s, the image's own or a live mount of it
+    cache_dir: Path = Path(CacheConfig().dir)
+    cache_size: int = _ranged(0, 0, MAX_SIZE, integer=True)  # bytes; 0: no limit
+    api_sock: Path | None = None
+    prefetch_file: Path | None = None
+    store: StoreOptions = field(default_factory=StoreOptions)
+
+
+# -- dataclass <-> JSON ----------------------------------------------------------------
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def to_json(value: Any) -> Any:
+    """A settings dataclass (or a value in one) as JSON values: paths as strings,
+    tuples as lists."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {spec.name: to_json(getattr(value, spec.name)) for spec in fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [to_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: to_json(item) for key, item in value.items()}
+    return value
+
+
+def from_json(kind: type[T], data: object, where: str) -> T:
+    """The ``kind`` dataclass that ``data`` (``to_json``'s output, or a TOML table)
+    describes: every value checked against its field's type and range, an unknown key or
+    a missing one without a default refused; ``UsageError`` naming ``where`` and the key."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: expected a table, found {type(data).__name__}")
+    hints = get_type_hints(kind)
+    known = {spec.name: spec for spec in fields(kind)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        spec = known.get(key) if isinstance(key, str) else None
+        if spec is None:
+            raise UsageError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        values[key] = _decode(hints[key], value, f"{where}.{key}")
+        if values[key] is not None:
+            bounds = spec.metadata.get("bounds")
+            if isinstance(bounds, Bounds):
+                bounds.check(values[key], f"{where}.{key}")
+            check: Callable[[Any, str], object] | None = spec.metadata.get("check")
+            if check is not None:
+                check(values[key], f"{where}.{key}")
+    for name, spec in known.items():
+        if name not in values and spec.default is MISSING and spec.default_factory is MISSING:
+            raise UsageError(f"{where}.{name}: missing")
+    return kind(**values)
+
+
+def _decode(hint: Any, value: object, where: str) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is types.UnionType:  # X | None
+        if value is None and type(None) in args:
+            return None
+        (hint,) = (arg for arg in args if arg is not type(None))
+        return _decode(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            what = "tables" if is_dataclass(args[0]) else f"{args[0].__name__} values"
+            raise UsageError(f"{where}: expected an array of {what}")
+        return tuple(_decode(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise UsageError(f"{where}: expected a table")
+        return {
+            k: v if args[1] is Any else _decode(args[1], v, f"{where}.{k}")
+            for k, v in value.items()
+        }
+    if is_dataclass(hint):
+        return from_json(hint, value, where)  # type: ignore[arg-type]
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise UsageError(f"{where}: expected a path, found {_shown(value)}")
+        return Path(value)
+    expected: tuple[type[Any], ...] = (float, int) if hint is float else (hint,)
+    if isinstance(value, bool) != (hint is bool) or not isinstance(value, expected):
+        raise UsageError(
+            f"{where}: expected {hint.__name__}, found {type(value).__name__} {_shown(value)}"
+        )
+    if hint is not float:
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        raise UsageError(f"{where}: expected a number, found one too large") from None
+
+
 _SECTIONS: dict[str, type[Any]] = {
     "cache": CacheConfig,
     "prefetch": PrefetchConfig,
@@ -182,45 +327,6 @@ _SECTIONS: dict[str, type[Any]] = {
     "s3": S3Config,
     "snapshotter": SnapshotterConfig,
 }
-
-
-def _build(kind: type[Any], table: Any, where: str) -> Any:
-    if not isinstance(table, dict):
-        raise UsageError(f"{where}: expected a table, found {type(table).__name__}")
-    known = {f.name: f for f in fields(kind)}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        spec = known.get(key)
-        if spec is None:
-            raise UsageError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
-        if key == "mirrors":
-            if not isinstance(value, list):
-                raise UsageError(f"{where}.mirrors: expected an array of tables")
-            values[key] = tuple(
-                _build(MirrorConfig, item, f"{where}.mirrors[{i}]") for i, item in enumerate(value)
-            )
-            continue
-        default = spec.default
-        expected: tuple[type[Any], ...] = (type(default),)
-        if isinstance(default, float):
-            expected = (float, int)
-        if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
-            raise UsageError(
-                f"{where}.{key}: expected {type(default).__name__}, found "
-                f"{type(value).__name__} {_shown(value)}"
-            )
-        bounds = spec.metadata.get("bounds")
-        if isinstance(bounds, Bounds):
-            bounds.check(value, f"{where}.{key}")
-        if kind is CacheConfig and key == "size":
-            parse_size(value, f"{where}.size")
-        values[key] = float(value) if isinstance(default, float) else value
-    return kind(**values)
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def parse_config(text: str, where: str = "config") -> Config:
@@ -238,7 +344,7 @@ def parse_config(text: str, where: str = "config") -> Config:
         kind = _SECTIONS.get(name)
         if kind is None:
             raise UsageError(f"{where}: unknown section [{name}] (known: {', '.join(_SECTIONS)})")
-        sections[name] = _build(kind, table, f"{where}: {name}")
+        sections[name] = from_json(kind, table, f"{where}: {name}")
     return Config(**sections)
 
 

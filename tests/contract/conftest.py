@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from ketch.config import RegistryOptions
 from ketch.storage.oci_layout_store import OciLayoutStore
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.store import RegistryStore
-from ketch.storage.registry.transport import RegistryOptions
 from ketch.storage.s3_store import MIN_PART_SIZE, S3Store
 from ketch.storage.store import ImageStore
 from tests.fixtures.registry import RunningRegistry, registry_plain_fixture  # noqa: F401 (fixtures)

@@ -28,6 +28,7 @@ import pytest
 from scripts.registry import RegistryServer
 
 from ketch.cli.main import main
+from ketch.config import RegistryOptions
 from ketch.format.blob import read_blob_table
 from ketch.format.records import ChunkRecord
 from ketch.fs.check import check_image
@@ -37,7 +38,6 @@ from ketch.storage.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.mirrors import MirroredRegistryStore, mirror_client
 from ketch.storage.registry.store import RegistryStore
-from ketch.storage.registry.transport import RegistryOptions
 from tests.fixtures.mirrors import (  # noqa: F401 (fixtures)
     MirrorServer,
     RunningProxy,

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 
 from ketch.cli.main import main
+from ketch.config import RegistryOptions, StoreOptions
 from ketch.errors import IntegrityError, NotFoundError, StorageError, UsageError
 from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest, Platform, canonical_json
 from ketch.storage.open import open_store
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.store import RegistryStore
-from ketch.storage.registry.transport import RegistryOptions
 from tests.fixtures.registry import (  # noqa: F401 (fixtures)
     FaultProxy,
     ObjectStore,
@@ -387,7 +387,8 @@ def test_credentials_from_the_docker_config(
     # The path can also be given directly.
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "empty"))
     explicit, _ = open_store(
-        f"docker://{registry.host}/auth/config:v1", docker_config=directory / "config.json"
+        f"docker://{registry.host}/auth/config:v1",
+        StoreOptions(RegistryOptions(docker_config=directory / "config.json")),
     )
     assert explicit.has_blob(_digest(data))
     for opened in (store, explicit):

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from ketch.config import RegistryOptions
 from ketch.errors import StorageError
 from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest, canonical_json
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.store import RegistryStore
-from ketch.storage.registry.transport import RegistryOptions
 from tests.fixtures.registry import (  # noqa: F401 (fixtures)
     FaultProxy,
     RunningRegistry,

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from ketch.cli.main import main
+from ketch.config import S3Config, StoreOptions
 from ketch.daemon.api import api_get
 from ketch.daemon.state import read_record
 from ketch.errors import NotFoundError
@@ -249,7 +250,9 @@ def test_open_store_takes_the_endpoint_from_the_environment(
     assert (store.bucket, store.prefix, tag) == (s3_bucket, "a/b", "v1")
     assert store.endpoint == endpoint_env
     assert store.name == f"s3://{s3_bucket}/a/b"
-    explicit, _ = open_store(f"s3://{s3_bucket}/a/b", endpoint_url=endpoint_env)
+    explicit, _ = open_store(
+        f"s3://{s3_bucket}/a/b", StoreOptions(s3=S3Config(endpoint_url=endpoint_env))
+    )
     assert explicit.name == store.name
 
 

@@ -86,6 +86,8 @@ def test_load_config_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ("[registry]\ntimeout = -5\n", "registry.timeout: expected a number from 0.001 to 86400"),
         ("[registry]\ntimeout = nan\n", "registry.timeout: expected a number"),
         ("[registry]\ntimeout = inf\n", "registry.timeout: expected a number"),
+        ("[registry]\ntimeout = 1" + "0" * 400 + "\n", "registry.timeout: expected a number"),
+        ("[registry]\nretries = 1" + "0" * 5000 + "\n", "not valid TOML"),
         ("[registry]\nconnect_timeout = 0\n", "registry.connect_timeout: expected"),
         ("[registry]\nretries = -1\n", "registry.retries: expected an integer from 0 to 100"),
         ("[registry]\nhealth_check_interval = -5\n", "registry.health_check_interval"),
@@ -109,8 +111,10 @@ def test_s3_region_reaches_the_client() -> None:
         build_parser().parse_args(["inspect", "s3://bucket/prefix:t"]),
         parse_config("[s3]\nregion = 'eu-west-3'\n"),
     )
-    assert options.region == "eu-west-3"
-    assert make_client("http://127.0.0.1:9", region=options.region).meta.region_name == "eu-west-3"
+    assert options.s3.region == "eu-west-3"
+    assert (
+        make_client("http://127.0.0.1:9", region=options.s3.region).meta.region_name == "eu-west-3"
+    )
 
 
 def test_a_long_wrong_value_is_shown_shortened() -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from ketch.config import StoreOptions
 from ketch.errors import UsageError
 from ketch.snapshot.containerd_api import ContainerdAPI
 from ketch.snapshot.pull import chain_ids, pull
-from ketch.storage.open import StoreOptions
 
 
 @pytest.mark.parametrize("ref", ["oci:/tmp/layout:tag", "s3://bucket/prefix:tag"])

@@ -14,19 +14,18 @@ import pytest
 
 from ketch.cli.main import build_parser
 from ketch.cli.store_options import store_options
-from ketch.config import parse_config
+from ketch.config import RegistryOptions, StoreOptions, from_json, parse_config, to_json
 from ketch.errors import IntegrityError, NotFoundError, StorageError, UsageError
 from ketch.format.codecs import CodecId, ZstdCodec
 from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import ChunkRecord
 from ketch.storage.chunk_reader import ChunkReader
 from ketch.storage.oci_layout_store import OciLayoutStore
-from ketch.storage.open import DEFAULT_HEALTH_CHECK_INTERVAL, StoreOptions, open_store
+from ketch.storage.open import open_store
 from ketch.storage.registry import mirrors
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.mirrors import MirroredRegistryStore, MirrorStats, mirror_client
 from ketch.storage.registry.store import RegistryStore
-from ketch.storage.registry.transport import RegistryOptions
 
 REPOSITORY = "team/app"
 
@@ -39,7 +38,7 @@ def _digest(data: bytes) -> str:
 
 
 def test_defaults_agree() -> None:
-    assert DEFAULT_HEALTH_CHECK_INTERVAL == mirrors.DEFAULT_HEALTH_CHECK_INTERVAL
+    assert StoreOptions().health_check_interval == mirrors.DEFAULT_HEALTH_CHECK_INTERVAL
     assert StoreOptions().health_check_interval == parse_config("").registry.health_check_interval
 
 
@@ -66,7 +65,10 @@ def test_configured_mirrors_for_the_image_registry() -> None:
     args = build_parser().parse_args(["mount", "docker://origin.example/app:1", "/mnt"])
     options = store_options(args, config)
     assert options.mirrors == ("http://any-mirror:5000", "http://for-origin:5000")
-    assert (options.proxy, options.health_check_interval) == ("http://proxy.example:3128", 2.5)
+    assert (options.registry.proxy, options.health_check_interval) == (
+        "http://proxy.example:3128",
+        2.5,
+    )
     hub = build_parser().parse_args(["run", "docker://index.docker.io/library/alpine:3"])
     assert store_options(hub, config).mirrors == ("http://any-mirror:5000", "http://for-hub:5000")
     local = build_parser().parse_args(["mount", "oci:/images:1", "/mnt"])
@@ -101,15 +103,17 @@ def test_command_line_beats_the_configuration() -> None:
     )
     options = store_options(args, config)
     assert options.mirrors == ("http://m1:1", "https://m2")
-    assert (options.proxy, options.health_check_interval) == ("http://p:8", 0.5)
+    assert (options.registry.proxy, options.health_check_interval) == ("http://p:8", 0.5)
 
 
 def test_the_daemon_request_carries_proxy_and_mirrors() -> None:
     options = StoreOptions(
-        proxy="http://p:8", mirrors=("http://m1:1", "https://m2"), health_check_interval=3.0
+        RegistryOptions(proxy="http://p:8"),
+        mirrors=("http://m1:1", "https://m2"),
+        health_check_interval=3.0,
     )
-    again = StoreOptions.from_json(json.loads(json.dumps(options.to_json())))
-    assert (again.proxy, again.mirrors, again.health_check_interval) == (
+    again = from_json(StoreOptions, json.loads(json.dumps(to_json(options))), "options")
+    assert (again.registry.proxy, again.mirrors, again.health_check_interval) == (
         "http://p:8",
         ("http://m1:1", "https://m2"),
         3.0,
@@ -149,7 +153,8 @@ def test_a_bad_proxy_is_a_usage_error() -> None:
 def test_open_store_with_mirrors() -> None:
     plain, _ = open_store("docker://127.0.0.1:1/app:1")
     mirrored, tag = open_store(
-        "docker://127.0.0.1:1/app:1", mirrors=("http://127.0.0.1:2",), health_check_interval=4.0
+        "docker://127.0.0.1:1/app:1",
+        StoreOptions(mirrors=("http://127.0.0.1:2",), health_check_interval=4.0),
     )
     try:
         assert type(plain) is RegistryStore and tag == "1"

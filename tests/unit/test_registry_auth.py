@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ketch.config import RegistryOptions
 from ketch.errors import StorageError, UsageError
 from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest
@@ -29,7 +30,7 @@ from ketch.storage.registry.auth import (
 )
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.store import RegistryStore
-from ketch.storage.registry.transport import RegistryOptions, is_loopback
+from ketch.storage.registry.transport import is_loopback
 
 # -- WWW-Authenticate -----------------------------------------------------------------
 

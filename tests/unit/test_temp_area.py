@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from ketch.config import RegistryOptions
 from ketch.errors import LocalFileError
 from ketch.process_identity import this_process
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.store import RegistryStore
-from ketch.storage.registry.transport import RegistryOptions
 from ketch.temp_area import TempArea
 
 _IDENTITY = (

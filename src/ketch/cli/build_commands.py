@@ -15,7 +15,7 @@ from ketch.cli.values import human_size
 from ketch.config import build_workers
 from ketch.format.prefetch_list import read_prefetch_list
 from ketch.oci.manifest import Platform
-from ketch.storage.open import open_store_with
+from ketch.storage.open import open_store
 
 
 def _build_options(args: argparse.Namespace) -> BuildOptions:
@@ -58,10 +58,8 @@ def _print_build(summary: BuildSummary, as_json: bool) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    source, source_tag = open_store_with(
-        args.source, store_options(args, args.config_values, "src")
-    )
-    dest, dest_tag = open_store_with(
+    source, source_tag = open_store(args.source, store_options(args, args.config_values, "src"))
+    dest, dest_tag = open_store(
         args.dest, store_options(args, args.config_values, "dest"), create=True
     )
     options = _build_options(args)
@@ -74,7 +72,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    dest, dest_tag = open_store_with(
+    dest, dest_tag = open_store(
         args.dest, store_options(args, args.config_values, "dest"), create=True
     )
     options = _build_options(args)

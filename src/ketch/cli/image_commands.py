@@ -10,18 +10,19 @@ from typing import Any
 from ketch.cli.progress import progress as make_progress
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size, report
+from ketch.config import StoreOptions
 from ketch.errors import local_file_error
 from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
 from ketch.fs.summary import entry_summary, image_summary
 from ketch.fs.unpack import unpack
 from ketch.storage.ketch_image import KetchImage, open_ketch_image
-from ketch.storage.open import StoreOptions, open_store_with
+from ketch.storage.open import open_store
 from ketch.storage.windowed_reader import WindowedChunkReader
 
 
 def open_image(reference: str, options: StoreOptions) -> KetchImage:
-    store, tag = open_store_with(reference, options)
+    store, tag = open_store(reference, options)
     return open_ketch_image(store, tag)
 
 

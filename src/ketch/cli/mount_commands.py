@@ -11,67 +11,40 @@ from pathlib import Path
 
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size, report
-from ketch.daemon.launcher import service_socket, start_forked, start_via_service, unmount
-from ketch.daemon.node_service import daemon_request, requests_log_file
+from ketch.config import DaemonConfig
+from ketch.daemon.launcher import service_socket, start_daemon, start_forked, unmount
 from ketch.daemon.state import check_cache_dir, default_log_file, mountpoint_path, read_record
-from ketch.errors import NotFoundError, StorageError, UsageError
+from ketch.errors import NotFoundError, UsageError
 
 
-def _run_daemon(args: argparse.Namespace, mountpoint: Path, ready_fd: int | None = None) -> int:
-    from ketch.daemon.service import DaemonConfig, run_daemon  # noqa: PLC0415 - FUSE, trio
-
-    config = DaemonConfig(
+def _daemon_config(args: argparse.Namespace, mountpoint: Path | None) -> DaemonConfig:
+    return DaemonConfig(
         image=args.image,
         mountpoint=mountpoint,
         cache_dir=args.cache_dir,
         cache_size=args.cache_size,
         api_sock=getattr(args, "api_sock", None),
         prefetch_file=args.prefetch_file,
-        ready_fd=ready_fd if ready_fd is not None else getattr(args, "ready_fd", None),
-        store_options=store_options(args, args.config_values),
+        store=store_options(args, args.config_values),
     )
-    return run_daemon(config)
-
-
-def _daemon_request(args: argparse.Namespace, mountpoint: Path | None) -> dict[str, object]:
-    return daemon_request(
-        args.image,
-        mountpoint,
-        cache_dir=args.cache_dir,
-        cache_size=args.cache_size,
-        api_sock=getattr(args, "api_sock", None),
-        prefetch_file=args.prefetch_file,
-        store_options=store_options(args, args.config_values),
-    )
-
-
-def _start_mount(args: argparse.Namespace, mountpoint: Path) -> int:
-    """A detached daemon serving ``args.image`` at ``mountpoint``; its pid once ready.
-
-    The node service starts it if one runs (no imports to pay); else this process forks."""
-    log_file = default_log_file(mountpoint)
-    if start_via_service(_daemon_request(args, mountpoint), log_file) is not None:
-        record = read_record(mountpoint)
-        if record is None:
-            raise StorageError(f"{mountpoint}: the daemon said ready but left no record")
-        return record.pid
-    return start_forked(lambda ready_fd: _run_daemon(args, mountpoint, ready_fd), log_file)
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
     mountpoint = mountpoint_path(args.mountpoint)
     check_cache_dir(args.cache_dir)
+    config = _daemon_config(args, mountpoint)
     if args.foreground:
-        return _run_daemon(args, mountpoint)
-    log_file = default_log_file(mountpoint)
-    pid = _start_mount(args, mountpoint)
+        from ketch.daemon.mount_daemon import serve_config  # noqa: PLC0415 - FUSE, trio
+
+        return serve_config(config, args.ready_fd)
+    pid = start_daemon(config).pid
     record = read_record(mountpoint)
     result = {
         "mountpoint": str(mountpoint),
         "image": args.image,
         "pid": pid,
         "api_sock": record.api_sock if record else None,
-        "log_file": str(log_file),
+        "log_file": str(default_log_file(mountpoint)),
     }
     report(
         args, result, f"mounted {args.image} at {mountpoint} (pid {pid}, api {result['api_sock']})"
@@ -132,17 +105,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ketch.daemon.container_run import RunRequest, run_in_image  # noqa: PLC0415 - trio
 
     check_cache_dir(args.cache_dir)
-    command = list(args.command)
     request = RunRequest(
-        image=args.image,
-        args=command or None,
+        daemon=_daemon_config(args, None),
+        args=list(args.command) or None,
         name=args.name,
         remove_mount=args.rm_mount,
-        start_mount=lambda mountpoint: _start_mount(args, mountpoint),
-        mount_via_service=lambda: start_via_service(
-            _daemon_request(args, None), requests_log_file()
-        ),
-        store_options=store_options(args, args.config_values),
     )
     return run_in_image(request)
 

@@ -4,13 +4,20 @@ from the configuration file, as one ``StoreOptions``."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from ketch.cli.values import ranged
-from ketch.config import Config, MirrorConfig, RegistryConfig, bounds_of
+from ketch.config import (
+    Config,
+    MirrorConfig,
+    RegistryConfig,
+    RegistryOptions,
+    StoreOptions,
+    bounds_of,
+)
 from ketch.errors import UsageError
 from ketch.oci.reference import RegistryReference, canonical_registry, parse_reference
-from ketch.storage.open import StoreOptions
 
 
 def parse_bool(text: str) -> bool:
@@ -88,16 +95,16 @@ def store_options(args: argparse.Namespace, config: Config, side: str = "") -> S
         Path(registry.docker_config) if registry.docker_config else None
     )
     return StoreOptions(
-        creds=creds,
-        tls_verify=registry.tls_verify if tls_verify is None else tls_verify,
-        ca_file=args.ca_file or (Path(registry.ca_file) if registry.ca_file else None),
-        docker_config=docker_config,
-        connect_timeout=min(timeout, registry.connect_timeout),
-        read_timeout=timeout,
-        retries=args.retries if args.retries is not None else registry.retries,
-        endpoint_url=args.endpoint_url or config.s3.endpoint_url or None,
-        region=config.s3.region or None,
-        proxy=args.proxy or registry.proxy or None,
+        registry=RegistryOptions(
+            creds=creds,
+            tls_verify=registry.tls_verify if tls_verify is None else tls_verify,
+            ca_file=args.ca_file or (Path(registry.ca_file) if registry.ca_file else None),
+            docker_config=docker_config,
+            connect_timeout=min(timeout, registry.connect_timeout),
+            read_timeout=timeout,
+            retries=args.retries if args.retries is not None else registry.retries,
+            proxy=args.proxy or registry.proxy or None,
+        ),
         mirrors=tuple(
             args.mirror
             if args.mirror
@@ -108,6 +115,7 @@ def store_options(args: argparse.Namespace, config: Config, side: str = "") -> S
             if args.health_check_interval is not None
             else registry.health_check_interval
         ),
+        s3=replace(config.s3, endpoint_url=args.endpoint_url or config.s3.endpoint_url),
     )
 
 

@@ -1,11 +1,11 @@
-"""Start a daemon detached from the terminal and wait until it is ready; stop it.
+"""Start a mount daemon detached from the terminal and wait until it is ready; stop it.
 
-With a node service running (``ketch service start``), the service forks the daemon from
-a process that has imported everything already (``node_service``), and the daemon
-answers on the request's connection. Without one, the daemon is a fork of the `ketch`
-process (no second interpreter start, none of the command-line imports again). Either way
-it runs in its own session, its output going to its log file, and reports readiness, or
-the reason it failed, so `ketch mount` returns only once the mount is usable, or fails
+Where a daemon starts is decided here: with a node service running (``ketch service
+start``), the service forks it from a process that has imported everything already
+(``node_service``), and the daemon answers on the request's connection; without one, it
+is a fork of this process (no second interpreter start). Either way it runs in its own
+session, its output in its log file, and says ``ready`` with a ``Ready`` record as JSON,
+or ``error CODE REASON``, so the caller returns only once the mount is usable, or fails
 with the daemon's own one-line reason.
 """
 
@@ -18,143 +18,39 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
-import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from ketch.config import DaemonConfig, from_json, to_json
+from ketch.daemon.process import fork_detached
 from ketch.daemon.state import (
     MountRecord,
+    default_log_file,
     is_mounted,
-    open_log,
     read_record,
     remove_record,
     remove_socket,
     state_dir,
 )
-from ketch.errors import KetchError, NotFoundError, StorageError
+from ketch.errors import KetchError, NotFoundError, StorageError, UsageError
 from ketch.process_identity import pid_alive
 
 READY = b"ready"
+START_TIMEOUT = 120.0  # seconds a daemon has to say ready
 
 
-class _Child(Protocol):
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What a mount daemon says with ``ready``."""
+
     pid: int
-
-    def poll(self) -> int | None: ...
-
-    def wait(self, timeout: float | None = None) -> int: ...
-
-    def kill(self) -> None: ...
-
-
-class _Forked:
-    """A forked child, with the part of ``subprocess.Popen``'s interface we use."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0)
-            time.sleep(0.01)
-        return self.returncode or 0
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-
-
-def start_forked(serve: Callable[[int], int], log_file: Path, timeout: float = 120.0) -> int:
-    """Fork; the child detaches and runs ``serve(ready_fd)``. The child's pid once ready."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the daemon
-        code = 70
-        try:
-            os.close(read_end)
-            os.setsid()
-            log = open_log(log_file)
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(log, 1)
-            os.dup2(log, 2)
-            code = serve(write_end)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    os.close(write_end)
-    return _await_ready(_Forked(pid), read_end, log_file, timeout)
-
-
-def _read_message(fd: int, deadline: float) -> bytes:
-    """What the daemon said on ``fd`` (closed here): ``ready``, ``error ...``, or nothing
-    when it closed its end without a word (it died) or the deadline passed."""
-    message = b""
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break  # the daemon closed its end: it said what it had to say, or died
-                message += chunk
-                if message.startswith(READY) and message.endswith(b"\n"):
-                    break
-    finally:
-        os.close(fd)
-    return message
-
-
-def _raise_reported(message: bytes) -> None:
-    """Raise the daemon's own ``error CODE REASON`` as a ``KetchError``."""
-    text = message.decode(errors="replace").strip()
-    if text.startswith("error "):
-        code, _, reason = text[len("error ") :].partition(" ")
-        error = KetchError(reason)
-        error.exit_code = int(code) if code.isdigit() else 1
-        raise error
-
-
-def _await_ready(process: _Child, read_end: int, log_file: Path, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    message = _read_message(read_end, deadline)
-    if message.startswith(READY):
-        return process.pid
-    if not message:
-        # The pipe closed without a word: the daemon died, or is about to.
-        try:
-            process.wait(timeout=2 if time.monotonic() < deadline else 0.1)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-            raise StorageError(
-                f"daemon did not become ready in {timeout:.0f}s (log: {log_file})"
-            ) from None
-    returncode = process.wait(timeout=10)
-    _raise_reported(message)
-    raise StorageError(
-        f"daemon exited with {returncode} before it was ready: {_last_line(log_file)} "
-        f"(log: {log_file})"
-    )
+    mountpoint: Path
+    started: bool = True  # False: `ketch run` found a live mount of the image, and no daemon
+    manifest_digest: str = ""  # `ketch run`: the image's manifest digest and config
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def service_socket() -> Path:
@@ -162,13 +58,56 @@ def service_socket() -> Path:
     return state_dir() / "service.sock"
 
 
-def start_via_service(
-    request: dict[str, object], log_file: Path, timeout: float = 120.0
-) -> dict[str, Any] | None:
-    """Ask the node service to start a mount daemon for ``request`` (``DaemonConfig``'s
-    fields as JSON) and wait until it is ready; what the daemon said with its ``ready``
-    (``{}`` for a plain mount). None when no service is running: the caller starts its
-    own daemon. The daemon answers on this very connection."""
+def daemon_log_file(config: DaemonConfig) -> Path:
+    """Where the daemon for ``config`` logs (a `ketch run` daemon: until it knows its
+    mountpoint)."""
+    if config.mountpoint is None:
+        return state_dir() / "logs" / "run-requests.log"
+    return default_log_file(config.mountpoint)
+
+
+def start_daemon(config: DaemonConfig, timeout: float = START_TIMEOUT) -> Ready:
+    """A mount daemon for ``config``, started by the node service if one runs, else
+    forked from this process; what it said once ready."""
+    log_file = daemon_log_file(config)
+    message = _via_service(config, log_file, timeout)
+    if message is not None:
+        return _ready(message)
+
+    def serve(ready_fd: int) -> int:
+        from ketch.daemon.mount_daemon import serve_config  # noqa: PLC0415 - FUSE, trio
+
+        return serve_config(config, ready_fd)
+
+    pid, message = _fork(serve, log_file, timeout)
+    ready = _ready(message)
+    if not ready.started:
+        _reap(pid)  # it only looked for a live mount: it exits at once
+    return ready
+
+
+def start_forked(
+    serve: Callable[[int], int], log_file: Path, timeout: float = START_TIMEOUT
+) -> int:
+    """Fork a detached process that runs ``serve(ready_fd)``; its pid once it said ready."""
+    return _fork(serve, log_file, timeout)[0]
+
+
+def _fork(serve: Callable[[int], int], log_file: Path, timeout: float) -> tuple[int, bytes]:
+    read_end, write_end = os.pipe()
+
+    def body() -> int:
+        os.close(read_end)
+        return serve(write_end)
+
+    pid = fork_detached(body, log_file)
+    os.close(write_end)
+    return pid, _await_ready(read_end, timeout, log_file, pid)
+
+
+def _via_service(config: DaemonConfig, log_file: Path, timeout: float) -> bytes | None:
+    """The daemon's ``ready`` message, the node service having started it; None when no
+    service runs. The daemon answers on this very connection."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(service_socket()))
@@ -180,7 +119,7 @@ def start_via_service(
         raise StorageError(
             f"{service_socket()}: cannot reach the node service: {exc.strerror}"
         ) from None
-    body = {"daemon": request, "env": dict(os.environ), "cwd": os.getcwd()}
+    body = {"daemon": to_json(config), "env": dict(os.environ), "cwd": os.getcwd()}
     try:
         sock.settimeout(timeout)
         sock.sendall(json.dumps(body).encode() + b"\n")
@@ -188,32 +127,66 @@ def start_via_service(
     except OSError as exc:
         sock.close()
         raise StorageError(f"{service_socket()}: node service request failed: {exc}") from None
+    return _await_ready(sock.detach(), timeout, log_file, None)
+
+
+def _await_ready(fd: int, timeout: float, log_file: Path, pid: int | None) -> bytes:
+    """The ``ready`` message the daemon wrote on ``fd`` (closed here); its error raised,
+    as a ``KetchError`` with its exit code. ``pid``: our own child, killed if it is not
+    ready in time."""
     deadline = time.monotonic() + timeout
-    message = _read_message(sock.detach(), deadline)
+    message = _read_message(fd, deadline)
     if message.startswith(READY) and message.endswith(b"\n"):
-        return _ready_info(message)
-    _raise_reported(message)
+        return message
+    text = message.decode(errors="replace").strip()
+    if text.startswith("error "):
+        code, _, reason = text[len("error ") :].partition(" ")
+        error = KetchError(reason)
+        error.exit_code = int(code) if code.isdigit() else 1
+        raise error
     if message:
-        raise StorageError(f"node service: unexpected answer {message[:80]!r}")
+        raise StorageError(f"daemon: unexpected answer {message[:80]!r}")
+    if pid is not None and time.monotonic() >= deadline:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if pid is not None:
+        _reap(pid)
     if time.monotonic() >= deadline:
         raise StorageError(f"daemon did not become ready in {timeout:.0f}s (log: {log_file})")
     raise StorageError(
-        f"daemon started by the node service stopped before it was ready: "
-        f"{_last_line(log_file)} (log: {log_file})"
+        f"daemon stopped before it was ready: {_last_line(log_file)} (log: {log_file})"
     )
 
 
-def _ready_info(message: bytes) -> dict[str, Any]:
-    text = message[len(READY) :].strip()
-    if not text:
-        return {}
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _read_message(fd: int, deadline: float) -> bytes:
+    """What the daemon said on ``fd`` (closed here): ``ready ...``, ``error ...``, or
+    nothing when it closed its end without a word (it died) or the deadline passed."""
+    message = b""
     try:
-        info = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        info = None
-    if not isinstance(info, dict):
-        raise StorageError(f"node service: unexpected answer {message[:80]!r}")
-    return info
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break  # the daemon closed its end: it said what it had to say, or died
+                message += chunk
+                if message.startswith(READY) and message.endswith(b"\n"):
+                    break
+    finally:
+        os.close(fd)
+    return message
+
+
+def _ready(message: bytes) -> Ready:
+    try:
+        return from_json(Ready, json.loads(message[len(READY) :]), "daemon's answer")
+    except (UnicodeDecodeError, json.JSONDecodeError, UsageError):
+        raise StorageError(f"daemon: unexpected answer {message[:80]!r}") from None
 
 
 def _last_line(log_file: Path) -> str:
@@ -225,19 +198,20 @@ def _last_line(log_file: Path) -> str:
 
 
 def signal_ready(
-    fd: int | None, error: KetchError | None = None, info: dict[str, Any] | None = None
+    fd: int | None, error: KetchError | None = None, ready: Ready | None = None
 ) -> None:
-    """Say ``ready`` (with ``info`` as JSON, for the node service's clients) or the error."""
+    """Say ``ready`` (with ``ready`` as JSON) or the error on ``fd``, and close it."""
     if fd is None:
         return
     if error is not None:
         message = f"error {error.exit_code} {error.message}\n".encode()
-    elif info is not None:
-        message = READY + b" " + json.dumps(info, separators=(",", ":")).encode() + b"\n"
+    elif ready is not None:
+        message = READY + b" " + json.dumps(to_json(ready), separators=(",", ":")).encode() + b"\n"
     else:
         message = READY + b"\n"
     try:
-        os.write(fd, message)
+        while message:
+            message = message[os.write(fd, message) :]
     finally:
         os.close(fd)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # Read latency buckets in seconds: from a page-cache-like hit to a slow remote fetch.
@@ -128,13 +129,18 @@ class Metrics:
         with self._lock:
             counter.value += amount
 
-    def set(self, counter: Counter, value: float) -> None:
+    def set(
+        self,
+        values: Sequence[tuple[Counter, float]],
+        labelled: Sequence[tuple[LabelledCounter, dict[str, int]]] = (),
+    ) -> None:
+        """Set counters from snapshots of their sources, all at once: a scrape sees all
+        of them or none."""
         with self._lock:
-            counter.value = value
-
-    def set_labelled(self, counter: LabelledCounter, values: dict[str, int]) -> None:
-        with self._lock:
-            counter.values = {key: float(value) for key, value in values.items()}
+            for counter, value in values:
+                counter.value = value
+            for series, counts in labelled:
+                series.values = {key: float(count) for key, count in counts.items()}
 
     def observe_read(self, seconds: float) -> None:
         with self._lock:

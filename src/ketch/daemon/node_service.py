@@ -10,8 +10,8 @@ the request's own connection (``ready``, or ``error CODE REASON``), exactly as a
 forked by `ketch mount` answers on its pipe. The service holds no mount state and never
 starts a thread (fork and threads do not mix): stopping it leaves every mount serving.
 
-The request is one JSON object: ``{"daemon": {...}, "env": {...}, "cwd": "..."}``, where
-``daemon`` holds ``DaemonConfig``'s fields (``daemon_request`` below).
+The request is one JSON object, ``{"daemon": DaemonConfig, "env": {...}, "cwd": "..."}``
+(``config.to_json``), checked once, in the service, before anything forks.
 """
 
 from __future__ import annotations
@@ -25,32 +25,28 @@ import os
 import signal
 import socket
 import struct
-import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
 
-from ketch.daemon.launcher import service_socket, signal_ready, wait_for_exit
-from ketch.daemon.state import (
-    claim_image_mount,
-    default_log_file,
-    make_cache_dir,
-    open_log,
-    state_dir,
+from ketch.config import DaemonConfig, from_json
+from ketch.daemon.launcher import (
+    daemon_log_file,
+    service_socket,
+    signal_ready,
+    wait_for_exit,
 )
-from ketch.errors import KetchError, NotFoundError, UsageError, local_file_error
+from ketch.daemon.process import fork_detached, setup_logging
+from ketch.daemon.state import state_dir
+from ketch.errors import KetchError, NotFoundError, UsageError
 from ketch.process_identity import pid_alive, process_start
-from ketch.storage.open import StoreOptions
-
-if TYPE_CHECKING:
-    from ketch.daemon.service import DaemonConfig
 
 log = logging.getLogger("ketch.service")
 
 # Everything a daemon may import, so that no daemon imports anything after the fork.
 _PRELOAD = (
-    "ketch.daemon.service",
+    "ketch.daemon.mount_daemon",
     "ketch.storage.registry.store",
     "ketch.storage.registry.client",
     "ketch.storage.registry.mirrors",
@@ -58,9 +54,6 @@ _PRELOAD = (
 )
 _MAX_REQUEST = 1 << 20
 _REQUEST_TIMEOUT = 10.0  # seconds a client has to send its request
-_DAEMON_KEYS = frozenset(
-    {"image", "mountpoint", "cache_dir", "cache_size", "api_sock", "prefetch_file", "store_options"}
-)
 
 
 def pid_file() -> Path:
@@ -71,162 +64,22 @@ def service_log_file() -> Path:
     return state_dir() / "logs" / "service.log"
 
 
-def requests_log_file() -> Path:
-    """Where a `ketch run` daemon logs until it knows its mountpoint."""
-    return state_dir() / "logs" / "run-requests.log"
-
-
-def daemon_request(
-    image: str,
-    mountpoint: Path | None,
-    *,
-    cache_dir: Path,
-    cache_size: int,
-    api_sock: Path | None,
-    prefetch_file: Path | None,
-    store_options: StoreOptions,
-) -> dict[str, object]:
-    """A mount daemon's configuration as the service's request carries it; no mountpoint
-    for ``ketch run`` (the daemon picks the image's own, or finds a live mount of it)."""
-    return {
-        "image": image,
-        "mountpoint": None if mountpoint is None else str(mountpoint),
-        "cache_dir": str(cache_dir),
-        "cache_size": cache_size,
-        "api_sock": None if api_sock is None else str(api_sock),
-        "prefetch_file": None if prefetch_file is None else str(prefetch_file),
-        "store_options": store_options.to_json(),
-    }
-
-
-def _optional_path(data: dict[str, Any], key: str) -> Path | None:
-    value = data[key]
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise UsageError(f"node service request {key!r}: expected a path")
-    return Path(value)
-
-
 @dataclass(frozen=True, slots=True)
 class _Request:
-    """A request, checked and decoded once, in the service, before anything forks."""
-
-    image: str
-    mountpoint: Path | None  # none: ketch run's, chosen by the image's digest
-    cache_dir: Path
-    cache_size: int
-    api_sock: Path | None
-    prefetch_file: Path | None
-    store_options: StoreOptions
-    env: dict[str, str]
+    daemon: DaemonConfig
+    env: dict[str, str]  # the client's environment and working directory, for the daemon
     cwd: str
-
-    def daemon_config(
-        self, mountpoint: Path, ready_fd: int, ready_info: dict[str, Any] | None = None
-    ) -> DaemonConfig:
-        from ketch.daemon.service import DaemonConfig  # noqa: PLC0415 - preloaded
-
-        return DaemonConfig(
-            image=self.image,
-            mountpoint=mountpoint,
-            cache_dir=self.cache_dir,
-            cache_size=self.cache_size,
-            api_sock=self.api_sock,
-            prefetch_file=self.prefetch_file,
-            ready_fd=ready_fd,
-            ready_info=ready_info,
-            store_options=self.store_options,
-        )
 
 
 def _parse_request(raw: bytes) -> _Request:
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not UTF-8, not JSON, or an integer of over 4300 digits
         raise UsageError(f"node service request: not JSON ({exc})") from None
-    if not isinstance(body, dict) or set(body) != {"daemon", "env", "cwd"}:
-        raise UsageError("node service request: expected an object with daemon, env and cwd")
-    daemon, env, cwd = body["daemon"], body["env"], body["cwd"]
-    if not isinstance(daemon, dict) or set(daemon) != _DAEMON_KEYS:
-        raise UsageError(f"node service request 'daemon': expected the keys {sorted(_DAEMON_KEYS)}")
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        raise UsageError("node service request 'env': expected strings")
-    if not isinstance(cwd, str) or not cwd.startswith("/"):
-        raise UsageError("node service request 'cwd': expected an absolute path")
-    for key in ("image", "cache_dir"):
-        if not isinstance(daemon[key], str) or not daemon[key]:
-            raise UsageError(f"node service request {key!r}: expected a string")
-    size = daemon["cache_size"]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise UsageError("node service request 'cache_size': expected a byte count")
-    return _Request(
-        image=daemon["image"],
-        mountpoint=_optional_path(daemon, "mountpoint"),
-        cache_dir=Path(daemon["cache_dir"]),
-        cache_size=size,
-        api_sock=_optional_path(daemon, "api_sock"),
-        prefetch_file=_optional_path(daemon, "prefetch_file"),
-        store_options=StoreOptions.from_json(daemon["store_options"]),
-        env=env,
-        cwd=cwd,
-    )
-
-
-def _log_to(log_file: Path) -> None:
-    """Send this process's output (the daemon's log) to ``log_file``."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = open_log(log_file)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
-def _run_requested_daemon(request: _Request, ready_fd: int) -> int:
-    """In the forked daemon: mount and serve as ``ketch mount`` would, or, without a
-    mountpoint, as ``ketch run`` needs (``_run_image_daemon``)."""
-    from ketch.daemon.service import run_daemon  # noqa: PLC0415 - preloaded
-
-    if request.mountpoint is None:
-        return _run_image_daemon(request, ready_fd)
-    return run_daemon(request.daemon_config(request.mountpoint, ready_fd))
-
-
-def _run_image_daemon(request: _Request, ready_fd: int) -> int:
-    """For ``ketch run``: resolve the image and read its config here, where the registry
-    client is loaded already, so the client never loads it; answer with the mountpoint of
-    a live mount of the same manifest, or mount the image at its own mountpoint and answer
-    once ready. The answer carries the manifest digest and the image config."""
-    from ketch.daemon.service import run_daemon  # noqa: PLC0415 - preloaded
-    from ketch.storage.ketch_image import open_ketch_image  # noqa: PLC0415
-    from ketch.storage.open import open_store_with  # noqa: PLC0415
-
-    try:
-        store, tag = open_store_with(request.image, request.store_options)
-        descriptor, manifest, _ = store.resolve(tag)
-        image_config = store.read_config(manifest)
-        info: dict[str, Any] = {"manifest_digest": descriptor.digest, "config": image_config}
-        mountpoint, ours = claim_image_mount(descriptor.digest)
-        if not ours:
-            signal_ready(ready_fd, info={**info, "mountpoint": str(mountpoint), "started": False})
-            return 0
-        _log_to(default_log_file(mountpoint))
-        image = open_ketch_image(
-            store,
-            tag,
-            cache_dir=make_cache_dir(request.cache_dir) / "bootstraps",
-            resolved=(descriptor, manifest),
-        )
-    except (KetchError, OSError) as exc:
-        error = exc if isinstance(exc, KetchError) else local_file_error(exc)
-        log.error("mount failed image=%s error=%r", request.image, error.message)
-        signal_ready(ready_fd, error)
-        return error.exit_code
-    ready_info = {**info, "mountpoint": str(mountpoint), "started": True}
-    return run_daemon(request.daemon_config(mountpoint, ready_fd, ready_info), image)
+    request = from_json(_Request, body, "node service request")
+    if not request.cwd.startswith("/"):
+        raise UsageError("node service request.cwd: expected an absolute path")
+    return request
 
 
 class _StopRequestedError(Exception):
@@ -263,46 +116,30 @@ def _answer_error(conn: socket.socket, error: KetchError) -> None:
         conn.sendall(f"error {error.exit_code} {error.message}\n".encode())
 
 
-def _fork_daemon(listener: socket.socket, conn: socket.socket, request: bytes) -> None:
-    """Fork the daemon for ``request``; it answers on ``conn``. Returns in the service."""
-    parsed = _parse_request(request)
-    mountpoint = parsed.mountpoint
-    log_file = requests_log_file() if mountpoint is None else default_log_file(mountpoint)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        os.waitpid(pid, 0)  # the middle process exits at once; the daemon is init's child
-        return
-    code = 70
-    try:
-        listener.close()
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        _log_to(log_file)
-        os.environ.clear()
-        os.environ.update(parsed.env)
-        os.chdir(parsed.cwd)
-        # The daemon says ready (or its error) on a copy: the connection itself stays
-        # open here, to report a crash of the daemon before it got that far.
-        code = _run_requested_daemon(parsed, os.dup(conn.fileno()))
-    except KetchError as exc:
-        _answer_error(conn, exc)
-        code = exc.exit_code
-    except BaseException as exc:  # a bug: say it on the connection, trace it in the log
-        import traceback  # noqa: PLC0415
+def _fork_daemon(listener: socket.socket, conn: socket.socket, raw: bytes) -> None:
+    """Fork the daemon ``raw`` asks for; it answers on ``conn``. Returns in the service."""
+    request = _parse_request(raw)
 
-        traceback.print_exc()
-        _answer_error(conn, KetchError(f"daemon failed: {type(exc).__name__}: {exc}"))
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    def serve() -> int:
+        from ketch.daemon.mount_daemon import serve_config  # noqa: PLC0415 - preloaded
+
+        listener.close()
+        os.environ.clear()
+        os.environ.update(request.env)
+        try:
+            os.chdir(request.cwd)
+            # The daemon says ready (or its error) on a copy: the connection itself stays
+            # open here, to report a crash of the daemon before it got that far.
+            return serve_config(request.daemon, os.dup(conn.fileno()))
+        except KetchError as exc:
+            _answer_error(conn, exc)
+            return exc.exit_code
+        except BaseException as exc:  # a bug: say it on the connection, trace it in the log
+            traceback.print_exc()
+            _answer_error(conn, KetchError(f"daemon failed: {type(exc).__name__}: {exc}"))
+            return 70
+
+    fork_detached(serve, daemon_log_file(request.daemon), orphan=True)
 
 
 def _listen(path: Path) -> socket.socket:
@@ -340,12 +177,7 @@ def _preload() -> None:
 
 def serve_node(ready_fd: int | None = None) -> int:
     """Run the node service in this process until SIGTERM or SIGINT; the exit code."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("ts=%(asctime)s level=%(levelname)s pid=%(process)d msg=%(message)s")
-    )
-    logging.getLogger("ketch").handlers[:] = [handler]
-    logging.getLogger("ketch").setLevel(logging.INFO)
+    setup_logging()
     path = service_socket()
     try:
         _preload()
@@ -374,6 +206,11 @@ def serve_node(ready_fd: int | None = None) -> int:
                     _answer_error(conn, exc)
                 except OSError as exc:
                     log.warning("request failed error=%r", str(exc))
+                except _StopRequestedError:
+                    raise
+                except Exception as exc:  # a bug: this request fails, the service serves on
+                    log.exception("request failed error=%r", str(exc))
+                    _answer_error(conn, KetchError(f"node service: {type(exc).__name__}: {exc}"))
     except _StopRequestedError:
         log.info("node service stopping")
     finally:

@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2, field_mask_pb2
 
+from ketch.config import StoreOptions
 from ketch.errors import StorageError, UnsupportedError, UsageError
 from ketch.format.digests import sha256_hex
 from ketch.oci.manifest import Manifest, load_json
@@ -42,7 +43,7 @@ from ketch.snapshot.protos.containerd.services.snapshots.v1 import snapshots_pb2
 from ketch.snapshot.protos.containerd.types import descriptor_pb2
 from ketch.snapshot.remote import LABEL_KETCH_REF, LABEL_TARGET
 from ketch.storage.ketch_image import bootstrap_layer
-from ketch.storage.open import StoreOptions, open_store_with
+from ketch.storage.open import open_store
 from ketch.storage.store import MAX_CONFIG_SIZE
 
 SNAPSHOT_LABEL_PREFIX = "containerd.io/snapshot/"
@@ -106,7 +107,7 @@ def pull(
     )
     if not isinstance(ref, RegistryReference):
         raise UsageError(f"{reference}: containerd pulls from a registry: docker://HOST/REPO:TAG")
-    store, tag = open_store_with(ref, options)
+    store, tag = open_store(ref, options)
     descriptor, manifest, manifest_bytes = store.resolve(tag)
     where = str(ref)
     bootstrap_layer(manifest, where)  # a Ketch image, or a one-line error

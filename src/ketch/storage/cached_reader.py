@@ -80,6 +80,8 @@ class ReaderStats:
     fetches: int
     #: bytes those range reads asked for (compressed)
     backend_bytes: int
+    #: chunks served from the in-memory tier of recent chunks
+    memory_hits: int = 0
 
 
 class _Flight:
@@ -327,6 +329,7 @@ class CachedChunkReader:
                 self._joined,
                 self._fetches,
                 self._backend_bytes,
+                self._memory_hits,
             )
 
     @property

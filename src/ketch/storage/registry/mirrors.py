@@ -52,13 +52,13 @@ from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
-from ketch.config import RegistryConfig
+from ketch.config import RegistryConfig, RegistryOptions
 from ketch.errors import IntegrityError, KetchError, NotFoundError, UsageError
 from ketch.format.digests import oci_digest
 from ketch.storage.registry.blobs import RangeIgnoredError
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.store import RegistryStore
-from ketch.storage.registry.transport import BLOCK, RegistryOptions
+from ketch.storage.registry.transport import BLOCK
 from ketch.storage.retry import FaultStats
 
 log = logging.getLogger("ketch.storage.mirrors")

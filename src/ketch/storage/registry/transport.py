@@ -37,7 +37,7 @@ from typing import Self, TypeVar
 
 import httpx
 
-from ketch.config import RegistryConfig
+from ketch.config import RegistryOptions
 from ketch.errors import IntegrityError, KetchError, NotFoundError, StorageError, UsageError
 from ketch.oci.reference import registry_api_host
 from ketch.storage.registry.auth import Authenticator, Credentials, find_credentials
@@ -57,23 +57,6 @@ MAX_REDIRECTS = 5
 BLOCK = 1 << 20
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryOptions:
-    """How to reach a registry; every field has a default that works on loopback."""
-
-    creds: str | None = None  # USER:PASSWORD; else the Docker config's entry
-    docker_config: Path | None = None  # a config.json; else $DOCKER_CONFIG or ~/.docker
-    tls_verify: bool = True
-    ca_file: Path | None = None  # trusted in addition to the system store
-    connect_timeout: float = RegistryConfig().connect_timeout  # defaults: ketch.config
-    read_timeout: float = RegistryConfig().timeout  # between two bytes of an answer
-    retries: int = RegistryConfig().retries  # attempts after the first
-    backoff: float = 0.5  # first wait; doubled each time, with jitter
-    max_retry_wait: float = 30.0  # cap on any one wait, Retry-After included
-    chunk_size: int = 16 << 20  # uploads above this size are chunked, in pieces of it
-    proxy: str | None = None  # HTTP proxy URL for every request, e.g. http://127.0.0.1:8888
 
 
 @dataclass(slots=True)

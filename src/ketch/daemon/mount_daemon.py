@@ -1,4 +1,4 @@
-"""One mount daemon: open the image, mount it with FUSE, serve until unmounted.
+"""The mount daemon: open the image, mount it with FUSE, serve until unmounted.
 
 Only the manifest and the bootstrap are fetched at mount; chunks come on first read,
 through the node-wide chunk cache. The daemon exits when the filesystem is unmounted
@@ -11,27 +11,27 @@ import errno
 import logging
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pyfuse3
 import trio
 
 from ketch import __version__
+from ketch.config import DaemonConfig
 from ketch.daemon.access_trace import AccessTrace
 from ketch.daemon.api import ApiServer, json_route
 from ketch.daemon.fuse_ops import KetchOperations
-from ketch.daemon.launcher import signal_ready
-from ketch.daemon.metrics import Metrics
+from ketch.daemon.launcher import Ready, signal_ready
+from ketch.daemon.metrics import Counter, Metrics
 from ketch.daemon.prefetch_plan import RangeRead, plan_prefetch
+from ketch.daemon.process import log_to, setup_logging
 from ketch.daemon.state import (
-    DEFAULT_CACHE_DIR,
     MountRecord,
+    claim_image_mount,
     default_api_sock,
     default_log_file,
     is_mounted,
@@ -51,7 +51,7 @@ from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import DEFAULT_MAX_MERGE, ChunkReader
 from ketch.storage.ketch_image import KetchImage, open_ketch_image
-from ketch.storage.open import StoreOptions, open_store_with
+from ketch.storage.open import open_store
 
 log = logging.getLogger("ketch.daemon")
 
@@ -64,24 +64,10 @@ READAHEAD_KB = 1024
 DEFAULT_READAHEAD = 192 << 10
 
 
-@dataclass(slots=True)
-class DaemonConfig:
-    image: str
-    mountpoint: Path
-    cache_dir: Path = DEFAULT_CACHE_DIR
-    cache_size: int = 0  # bytes; 0: no limit
-    api_sock: Path | None = None
-    prefetch_file: Path | None = None
-    ready_fd: int | None = None
-    ready_info: dict[str, Any] | None = None  # said with "ready" (node service clients)
-    max_merge: int = DEFAULT_MAX_MERGE
-    readahead: int = DEFAULT_READAHEAD
-    store_options: StoreOptions = field(default_factory=StoreOptions)
-
-
 class _Daemon:
-    def __init__(self, config: DaemonConfig, image: KetchImage) -> None:
+    def __init__(self, config: DaemonConfig, mountpoint: Path, image: KetchImage) -> None:
         self.config = config
+        self.mountpoint = mountpoint
         self.image = image
         self.metrics = Metrics()
         algo = image.bootstrap.digest_algorithm
@@ -91,16 +77,16 @@ class _Daemon:
         self._chunks_by_blob: dict[str, list[ChunkRecord]] | None = None
         self._chunks_lock = threading.Lock()
         self.reader = CachedChunkReader(
-            ChunkReader(image.store, algo, max_merge=config.max_merge),
+            ChunkReader(image.store, algo, max_merge=DEFAULT_MAX_MERGE),
             self.cache,
             write_behind=True,
-            readahead=config.readahead,
+            readahead=DEFAULT_READAHEAD,
             blob_chunks=self.blob_chunks,
         )
         self.fs = ImageFS(image.bootstrap, self.reader)
         self.trace = AccessTrace(self.fs.paths_of)
         self.ops = KetchOperations(self.fs, self.metrics, self.trace)
-        self.api_sock = config.api_sock or default_api_sock(config.mountpoint)
+        self.api_sock = config.api_sock or default_api_sock(mountpoint)
 
     def blob_chunks(self, blob: str) -> list[ChunkRecord]:
         """The image's chunks in ``blob``, by offset: built on the first miss, not at mount."""
@@ -124,7 +110,7 @@ class _Daemon:
             "pid": os.getpid(),
             "mounts": [
                 {
-                    "mountpoint": str(self.config.mountpoint),
+                    "mountpoint": str(self.mountpoint),
                     "image": self.config.image,
                     "manifest_digest": self.image.descriptor.digest,
                     "root_digest": f"{bootstrap.digest_algorithm.label}:{bootstrap.root_digest.hex()}",
@@ -135,27 +121,31 @@ class _Daemon:
         }
 
     def render_metrics(self) -> tuple[str, bytes]:
+        """The counters, from one snapshot (``stats()``) of each source."""
         m = self.metrics
-        m.set(m.backend_read_bytes, self.reader.backend_bytes)
-        m.set(m.cache_hits, self.reader.cache_hits + self.reader.memory_hits)
-        m.set(m.cache_misses, self.reader.cache_misses)
-        m.set(m.verify_failures, self.reader.reader.verify_failures)
-        cache = self.cache.stats()
-        m.set(m.cache_corrupt, cache.corrupt)
-        m.set(m.cache_store_errors, cache.store_errors)
-        m.set(m.cache_no_space, cache.no_space)
+        reader, cache = self.reader.stats(), self.cache.stats()
         faults = self.image.store.fault_stats()
-        m.set_labelled(m.request_retries, faults.retries)
-        m.set_labelled(m.request_failures, faults.failures)
-        m.set(m.fetch_timeouts, faults.timeouts)
+        values: list[tuple[Counter, float]] = [
+            (m.backend_read_bytes, reader.backend_bytes),
+            (m.cache_hits, reader.cache_hits + reader.memory_hits),
+            (m.cache_misses, reader.cache_misses),
+            (m.verify_failures, self.reader.reader.verify_failures),
+            (m.cache_corrupt, cache.corrupt),
+            (m.cache_store_errors, cache.store_errors),
+            (m.cache_no_space, cache.no_space),
+            (m.fetch_timeouts, faults.timeouts),
+        ]
         # A store with mirrors counts where its reads went (duck-typed: importing the
         # registry modules here would slow every mount).
         stats = getattr(self.image.store, "stats", None)
         mirror = stats() if callable(stats) else None
         if mirror is not None and hasattr(mirror, "mirror_reads"):
-            m.set(m.mirror_reads, mirror.mirror_reads)
-            m.set(m.origin_fallbacks, mirror.origin_fallbacks)
-            m.set(m.mirror_failures, mirror.mirror_failures)
+            values += [
+                (m.mirror_reads, mirror.mirror_reads),
+                (m.origin_fallbacks, mirror.origin_fallbacks),
+                (m.mirror_failures, mirror.mirror_failures),
+            ]
+        m.set(values, [(m.request_retries, faults.retries), (m.request_failures, faults.failures)])
         return "text/plain; version=0.0.4", m.render().encode()
 
     def prefetch(self, paths: list[str]) -> None:
@@ -212,8 +202,8 @@ class _Daemon:
     async def _announce(self, ready: Callable[[], None]) -> None:
         """Ready once a stat of the mountpoint is answered by this very daemon: FUSE's
         INIT is done, and the mount is usable by whoever waits for us."""
-        await trio.to_thread.run_sync(os.stat, self.config.mountpoint)
-        set_readahead(self.config.mountpoint)
+        await trio.to_thread.run_sync(os.stat, self.mountpoint)
+        set_readahead(self.mountpoint)
         ready()
 
     async def _signals(self, scope: trio.CancelScope) -> None:
@@ -222,16 +212,6 @@ class _Daemon:
                 log.info("signal %s: unmounting", signal.Signals(signum).name)
                 pyfuse3.terminate()
                 return
-
-
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("ts=%(asctime)s level=%(levelname)s pid=%(process)d msg=%(message)s")
-    )
-    root = logging.getLogger("ketch")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
 
 
 def _check_mountpoint(mountpoint: Path) -> None:
@@ -259,23 +239,70 @@ def set_readahead(mountpoint: Path) -> None:
         log.warning("readahead not set device=%s error=%r", device, exc.strerror)
 
 
-def run_daemon(config: DaemonConfig, opened: KetchImage | None = None) -> int:
-    """Mount and serve in this process until unmounted; the exit code. ``opened`` is the
-    image when the caller has opened it already."""
-    _setup_logging()
-    config.mountpoint = mountpoint_path(config.mountpoint)
-    ready_fd = config.ready_fd
+def serve_config(config: DaemonConfig, ready_fd: int | None) -> int:
+    """The daemon ``config`` asks for, in this process (a fork, or `ketch mount
+    --foreground`): serve its mountpoint, or, with none, as `ketch run` needs
+    (``_serve_image``). The exit code."""
+    setup_logging()
+    if config.mountpoint is None:
+        return _serve_image(config, ready_fd)
+    return run_daemon(config, mountpoint_path(config.mountpoint), ready_fd)
+
+
+def _serve_image(config: DaemonConfig, ready_fd: int | None) -> int:
+    """For `ketch run`: resolve the image and read its config; answer with a live mount
+    of the same manifest, or mount the image at its own mountpoint and answer once ready.
+    The answer carries the manifest digest and the image config, so the client never
+    loads the registry client."""
+    try:
+        store, tag = open_store(config.image, config.store)
+        descriptor, manifest, _ = store.resolve(tag)
+        found = Ready(
+            pid=os.getpid(),
+            mountpoint=Path(),
+            manifest_digest=descriptor.digest,
+            config=store.read_config(manifest),
+        )
+        mountpoint, ours = claim_image_mount(descriptor.digest)
+        if not ours:
+            signal_ready(ready_fd, ready=replace(found, mountpoint=mountpoint, started=False))
+            return 0
+        log_to(default_log_file(mountpoint))
+        image = open_ketch_image(
+            store,
+            tag,
+            cache_dir=make_cache_dir(config.cache_dir) / "bootstraps",
+            resolved=(descriptor, manifest),
+        )
+    except (KetchError, OSError) as exc:
+        error = exc if isinstance(exc, KetchError) else local_file_error(exc)
+        log.error("mount failed image=%s error=%r", config.image, error.message)
+        signal_ready(ready_fd, error)
+        return error.exit_code
+    return run_daemon(config, mountpoint, ready_fd, image, replace(found, mountpoint=mountpoint))
+
+
+def run_daemon(
+    config: DaemonConfig,
+    mountpoint: Path,
+    ready_fd: int | None,
+    opened: KetchImage | None = None,
+    ready: Ready | None = None,
+) -> int:
+    """Mount ``mountpoint`` (spelled by ``mountpoint_path``) and serve in this process
+    until unmounted; the exit code. ``opened`` is the image when the caller has opened it
+    already, ``ready`` what to say once ready (else the pid and mountpoint)."""
     api: ApiServer | None = None
     try:
-        _check_mountpoint(config.mountpoint)
+        _check_mountpoint(mountpoint)
         prefetch = read_prefetch_list(config.prefetch_file) if config.prefetch_file else []
         if opened is None:
-            store, tag = open_store_with(config.image, config.store_options)
+            store, tag = open_store(config.image, config.store)
             cache_dir = make_cache_dir(config.cache_dir)
             image = open_ketch_image(store, tag, cache_dir=cache_dir / "bootstraps")
         else:
             image = opened
-        daemon = _Daemon(config, image)
+        daemon = _Daemon(config, mountpoint, image)
         # The socket first: anything that can fail does so before the mount exists.
         try:
             api = ApiServer(
@@ -297,9 +324,9 @@ def run_daemon(config: DaemonConfig, opened: KetchImage | None = None) -> int:
             "allow_other",
         }
         try:
-            pyfuse3.init(daemon.ops, str(config.mountpoint), options)
+            pyfuse3.init(daemon.ops, str(mountpoint), options)
         except RuntimeError as exc:
-            raise StorageError(f"{config.mountpoint}: FUSE mount failed: {exc}") from None
+            raise StorageError(f"{mountpoint}: FUSE mount failed: {exc}") from None
     except (KetchError, OSError) as exc:
         error = exc if isinstance(exc, KetchError) else local_file_error(exc)
         log.error("mount failed error=%r", error.message)
@@ -311,30 +338,29 @@ def run_daemon(config: DaemonConfig, opened: KetchImage | None = None) -> int:
     bootstrap = image.bootstrap
     write_record(
         MountRecord(
-            mountpoint=str(config.mountpoint),
+            mountpoint=str(mountpoint),
             pid=os.getpid(),
             image=config.image,
             manifest_digest=image.descriptor.digest,
             root_digest=f"{bootstrap.digest_algorithm.label}:{bootstrap.root_digest.hex()}",
             api_sock=str(daemon.api_sock),
-            log_file=str(default_log_file(config.mountpoint)),
+            log_file=str(default_log_file(mountpoint)),
             started=process_start(os.getpid()) or 0,
         )
     )
-    log.info(
-        "mounted image=%s mountpoint=%s api=%s", config.image, config.mountpoint, daemon.api_sock
-    )
+    log.info("mounted image=%s mountpoint=%s api=%s", config.image, mountpoint, daemon.api_sock)
+    ready = ready or Ready(pid=os.getpid(), mountpoint=mountpoint)
     unmount = True
     try:
-        trio.run(daemon.serve, prefetch, lambda: signal_ready(ready_fd, info=config.ready_info))
+        trio.run(daemon.serve, prefetch, lambda: signal_ready(ready_fd, ready=ready))
     except OSError as exc:
         unmount = exc.errno != errno.ENODEV
     finally:
         # After an external umount the session is gone: closing must not unmount again.
         try:
-            pyfuse3.close(unmount=unmount and is_mounted(config.mountpoint))
+            pyfuse3.close(unmount=unmount and is_mounted(mountpoint))
         finally:
             api.stop()
-            remove_record(config.mountpoint)
-            log.info("unmounted mountpoint=%s", config.mountpoint)
+            remove_record(mountpoint)
+            log.info("unmounted mountpoint=%s", mountpoint)
     return 0
