@@ -30,10 +30,10 @@ from scripts.registry import RegistryServer
 from ketch.cli.main import main
 from ketch.format.blob import read_blob_table
 from ketch.format.records import ChunkRecord
-from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
+from ketch.image.check import check_image
+from ketch.image.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.chunk_reader import ChunkReader
-from ketch.storage.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.mirrored_store import MirroredRegistryStore, mirror_client
 from ketch.storage.registry_client import RegistryClient, RegistryOptions
 from ketch.storage.registry_store import RegistryStore

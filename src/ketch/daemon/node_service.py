@@ -201,7 +201,7 @@ def _run_image_daemon(request: _Request, ready_fd: int) -> int:
     a live mount of the same manifest, or mount the image at its own mountpoint and answer
     once ready. The answer carries the manifest digest and the image config."""
     from ketch.daemon.service import run_daemon  # noqa: PLC0415 - preloaded
-    from ketch.storage.ketch_image import open_ketch_image  # noqa: PLC0415
+    from ketch.image.ketch_image import open_ketch_image  # noqa: PLC0415
     from ketch.storage.open import open_store_with  # noqa: PLC0415
 
     try:

@@ -1,0 +1,1 @@
+"""image layer: a Ketch image as manifest, config, bootstrap and blobs."""
