@@ -21,7 +21,7 @@ from typing import Any
 from bench.context import BenchError, Context, log, oci, remove, run_ketch, run_python
 from bench.report import Benchmark, mib, table
 from ketch.format.bootstrap import Bootstrap
-from ketch.storage.ketch_image import bootstrap_layer
+from ketch.image.layout import bootstrap_layer
 from ketch.storage.open import open_store
 
 SIZES = (1_000, 10_000, 100_000)

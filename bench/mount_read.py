@@ -50,10 +50,10 @@ from bench.context import REPO, BenchError, Context, log, oci, remove, run_ketch
 from bench.mounts import CacheControl, check_drop_caches, mounted, read_file, resident_bytes
 from bench.report import Benchmark, mb_per_s, mib, ratio, table
 from ketch.fs.image_fs import ImageFS
+from ketch.image.ketch_image import open_ketch_image
 from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import ChunkReader
-from ketch.storage.ketch_image import open_ketch_image
 from ketch.storage.open import open_store
 
 SIZE = 100 << 20

@@ -66,7 +66,7 @@ _OPEN_SNIPPET = """\
 import json, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
-from ketch.storage.ketch_image import open_ketch_image
+from ketch.image.ketch_image import open_ketch_image
 from ketch.storage.open import open_store
 t1 = time.perf_counter()
 store, tag = open_store(sys.argv[1])

@@ -20,10 +20,11 @@ from ketch.builder.image_builder import BuildOptions, ImageBuilder
 from ketch.errors import BadLayerError, IntegrityError, NotFoundError, StorageError
 from ketch.fs.image_fs import ImageFS
 from ketch.fs.unpack import unpack
+from ketch.image.ketch_image import open_ketch_image
+from ketch.image.layout import KETCH_BLOB
 from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest, Platform, canonical_json
 from ketch.storage.chunk_reader import ChunkReader
-from ketch.storage.ketch_image import open_ketch_image
 from ketch.storage.oci_layout_store import OciLayoutStore
 from ketch.storage.store import ImageStore
 from tests.contract.conftest import Backend, CorruptHook
@@ -235,7 +236,7 @@ def manifest_bytes(store: ImageStore, content: bytes, arch: str = "amd64") -> by
     return Manifest(
         mt.OCI_MANIFEST,
         Descriptor(mt.OCI_CONFIG, config_digest, len(config)),
-        [Descriptor(mt.KETCH_BLOB, layer_digest, len(content))],
+        [Descriptor(KETCH_BLOB, layer_digest, len(content))],
     ).to_bytes()
 
 
@@ -311,8 +312,8 @@ def source_layout(tmp_path: Path) -> tuple[OciLayoutStore, dict[str, bytes]]:
 
 def convert(source: ImageStore, tag: str, dest: ImageStore, dest_tag: str) -> str:
     builder = ImageBuilder(dest, BuildOptions(workers=2))
-    _, source_digest, config = builder.convert(source, tag)
-    return builder.finish(dest_tag, config=config, source_manifest=source_digest).manifest_digest
+    builder.convert(source, tag)
+    return builder.finish(dest_tag).manifest_digest
 
 
 def test_a_converted_image_reads_back_from_the_store(store: ImageStore, tmp_path: Path) -> None:

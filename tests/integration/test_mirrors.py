@@ -31,10 +31,10 @@ from ketch.cli.main import main
 from ketch.config import RegistryOptions
 from ketch.format.blob import read_blob_table
 from ketch.format.records import ChunkRecord
-from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
+from ketch.image.check import check_image
+from ketch.image.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.chunk_reader import ChunkReader
-from ketch.storage.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.mirrors import MirroredRegistryStore, mirror_client
 from ketch.storage.registry.store import RegistryStore

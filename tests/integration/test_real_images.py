@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ketch.cli.main import main
-from ketch.oci import mediatypes as mt
+from ketch.image.layout import KETCH_BOOTSTRAP
 from tests.treecmp import compare_trees
 
 IMAGES = [
@@ -76,7 +76,7 @@ def test_skopeo_inspects_and_copies_a_ketch_image(
             text=True,
         ).stdout
     )
-    assert raw["layers"][-1]["mediaType"] == mt.KETCH_BOOTSTRAP
+    assert raw["layers"][-1]["mediaType"] == KETCH_BOOTSTRAP
     subprocess.run(
         ["skopeo", "copy", "-q", f"oci:{dest}:py1", f"oci:{tmp_path / 'copy'}:py1"], check=True
     )

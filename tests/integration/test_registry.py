@@ -21,6 +21,7 @@ import pytest
 from ketch.cli.main import main
 from ketch.config import RegistryOptions, StoreOptions
 from ketch.errors import IntegrityError, NotFoundError, StorageError, UsageError
+from ketch.image.layout import ANNOTATION_KETCH_SOURCE, KETCH_BOOTSTRAP
 from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest, Platform, canonical_json
 from ketch.storage.open import open_store
@@ -612,8 +613,8 @@ def test_registry_to_registry(
     source_digest = _digest(source_raw.encode())
     assert raw["subject"]["digest"] == source_digest == summary["source_manifest"]
     assert raw["subject"]["size"] == len(source_raw.encode())
-    assert raw["annotations"][mt.ANNOTATION_KETCH_SOURCE] == source_digest
-    assert raw["layers"][-1]["mediaType"] == mt.KETCH_BOOTSTRAP
+    assert raw["annotations"][ANNOTATION_KETCH_SOURCE] == source_digest
+    assert raw["layers"][-1]["mediaType"] == KETCH_BOOTSTRAP
     store, _ = open_store(dest)
     assert isinstance(store, RegistryStore)
     assert [d.digest for d in store.referrers(source_digest)] == [summary["manifest_digest"]]

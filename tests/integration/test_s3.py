@@ -27,6 +27,7 @@ from ketch.config import S3Config, StoreOptions
 from ketch.daemon.api import api_get
 from ketch.daemon.state import read_record
 from ketch.errors import NotFoundError
+from ketch.image.layout import KETCH_BOOTSTRAP
 from ketch.oci import mediatypes as mt
 from ketch.storage.oci_layout_store import OciLayoutStore
 from ketch.storage.open import open_store
@@ -98,7 +99,7 @@ def test_convert_writes_an_oci_layout_under_the_prefix(
         client.download_file(bucket, key, str(path))
     descriptor, manifest, _ = OciLayoutStore.open(local).resolve(TAG)
     assert descriptor.digest == summary["manifest_digest"]
-    assert manifest.layers[-1].media_type == mt.KETCH_BOOTSTRAP
+    assert manifest.layers[-1].media_type == KETCH_BOOTSTRAP
 
 
 def test_check_reads_every_chunk_from_s3(s3_image: tuple[str, dict[str, object]]) -> None:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from ketch.image.ketch_image import open_ketch_image
 from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import ChunkReader
-from ketch.storage.ketch_image import open_ketch_image
 from ketch.storage.oci_layout_store import OciLayoutStore
 from tests.fixtures import ocilayout as ol
 from tests.fixtures.ketch import convert

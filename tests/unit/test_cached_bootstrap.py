@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ketch.format.records import InodeRecord
-from ketch.storage.ketch_image import KetchImage, open_ketch_image
+from ketch.image.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.oci_layout_store import OciLayoutStore
 from tests.fixtures.ketch import build_dir
 

@@ -12,7 +12,7 @@ import pytest
 
 from ketch.format.bootstrap import Bootstrap
 from ketch.format.digests import DigestAlgorithm
-from ketch.oci import mediatypes as mt
+from ketch.image.layout import ANNOTATION_KETCH_SOURCE, KETCH_BLOB, KETCH_BOOTSTRAP
 from tests.fixtures import ocilayout as ol
 from tests.fixtures.ketch import convert, image_fs, open_image, unpack_image
 
@@ -222,8 +222,8 @@ def test_manifest_keeps_config_and_names_source(tmp_path: Path) -> None:
     summary = convert(src, "src", tmp_path / "dst")
     image = open_image(tmp_path / "dst")
     manifest = image.manifest
-    assert manifest.annotations[mt.ANNOTATION_KETCH_SOURCE] == summary.source_manifest
-    assert [layer.media_type for layer in manifest.layers] == [mt.KETCH_BLOB, mt.KETCH_BOOTSTRAP]
+    assert manifest.annotations[ANNOTATION_KETCH_SOURCE] == summary.source_manifest
+    assert [layer.media_type for layer in manifest.layers] == [KETCH_BLOB, KETCH_BOOTSTRAP]
     config = json.loads(image.store.read_blob(manifest.config.digest))
     assert config["config"]["Env"] == ["A=1"]
     assert config["config"]["Entrypoint"] == ["/x"]

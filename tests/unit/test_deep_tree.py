@@ -12,7 +12,7 @@ import pytest
 
 from ketch.errors import IntegrityError
 from ketch.format.bootstrap_verify import verify_bootstrap
-from ketch.fs.check import check_image
+from ketch.image.check import check_image
 from tests.fixtures import ocilayout as ol
 from tests.fixtures.ketch import convert, open_image, unpack_image
 

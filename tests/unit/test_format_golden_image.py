@@ -29,7 +29,8 @@ from ketch.format.records import (
     DirentRecord,
     InodeRecord,
 )
-from ketch.fs.check import check_image
+from ketch.image.check import check_image
+from ketch.image.layout import ANNOTATION_KETCH_ROOT
 from ketch.oci import mediatypes as mt
 from ketch.storage.oci_layout_store import OciLayoutStore
 from tests.fixtures.golden_image import FORMAT_CHANGED, NOISE, VARIANTS, Variant, build
@@ -72,7 +73,7 @@ def test_committed_files_have_their_recorded_digests(variant: Variant) -> None:
     manifest_bytes = (variant.directory / "manifest.json").read_bytes()
     assert _sha256(manifest_bytes) == expected["manifest_digest"]
     manifest = json.loads(manifest_bytes)
-    assert manifest["annotations"][mt.ANNOTATION_KETCH_ROOT] == expected["root_digest"]
+    assert manifest["annotations"][ANNOTATION_KETCH_ROOT] == expected["root_digest"]
     assert manifest["layers"][-1]["digest"] == expected["bootstrap"]["digest"]
     assert [layer["digest"] for layer in manifest["layers"][:-1]] == [
         blob["digest"] for blob in expected["blobs"]

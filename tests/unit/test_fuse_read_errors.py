@@ -19,7 +19,7 @@ from ketch.daemon.metrics import Metrics
 from ketch.errors import IntegrityError, StorageError
 from ketch.format.records import ChunkRecord
 from ketch.fs.image_fs import Attr, ImageFS
-from ketch.storage.ketch_image import open_ketch_image
+from ketch.image.ketch_image import open_ketch_image
 from ketch.storage.oci_layout_store import OciLayoutStore
 from tests.fixtures import ocilayout as ol
 from tests.fixtures.ketch import convert

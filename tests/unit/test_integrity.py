@@ -14,9 +14,9 @@ from ketch.format.bootstrap import ROOT_INODE, Bootstrap
 from ketch.format.bootstrap_verify import verify_bootstrap
 from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import SUPERBLOCK, SUPERBLOCK_SIZE, DirentRecord, Superblock
-from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
 from ketch.fs.unpack import unpack
+from ketch.image.check import check_image
 from ketch.storage.chunk_reader import ChunkReader
 from tests.fixtures import ocilayout as ol
 from tests.fixtures.ketch import convert, image_fs, open_image

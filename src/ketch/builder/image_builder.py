@@ -1,18 +1,19 @@
 """Build a Ketch image: source layers -> tree -> chunks -> blobs + bootstrap -> manifest.
 
-One builder core serves both sources, an OCI image and a local directory. Blobs are
-published first, then the bootstrap, config and manifest; the tag moves last, so an
-interrupted build leaves the destination's tags as they were.
+One builder core serves both sources, an OCI image and a local directory; a source also
+gives the image its config (the converted image's, or the directory build's Cmd, Env and
+WorkingDir). Blobs are published first, then the bootstrap, then config and manifest
+(``ketch.image.layout`` writes those); the tag moves last, so an interrupted build leaves
+the destination's tags as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +31,12 @@ from ketch.errors import BadLayerError, UnsupportedError
 from ketch.format.bootstrap_writer import write_bootstrap
 from ketch.format.codecs import codec_by_name
 from ketch.format.digests import DigestAlgorithm, sha256_hex
-from ketch.format.records import FORMAT_VERSION
+from ketch.image import layout
+from ketch.image.ketch_image import KetchImage
 from ketch.oci import mediatypes as mt
 from ketch.oci.layer_stream import BufferPool, LayerStream
-from ketch.oci.manifest import Descriptor, Manifest, Platform, canonical_json
+from ketch.oci.manifest import Descriptor, Platform
 from ketch.oci.tar_layer import EntryKind, LayerEntry, LayerReader, clean_path
-from ketch.storage.ketch_image import KetchImage
 from ketch.storage.store import ImageStore
 
 
@@ -105,17 +106,19 @@ class ImageBuilder:
         self.layers: list[LayerSummary] = []
         self.layer_blobs: list[tuple[str, int, int]] = []  # (digest, size, chunks) in layer order
         self.source_descriptor: Descriptor | None = None  # the manifest ``convert`` read
+        self.config: dict[str, Any] | None = None  # the image config a source gave
         # Layers whose blob the writer thread is still sealing, in layer order.
         self._pending: list[tuple[LayerSummary, Future[LayerBlob]]] = []
         self._started = time.monotonic()
 
     # -- sources ----------------------------------------------------------------------
 
-    def convert(self, source: ImageStore, tag: str) -> tuple[Manifest, str, dict[str, Any]]:
-        """Add every layer of an OCI image; its manifest, digest and config."""
+    def convert(self, source: ImageStore, tag: str) -> None:
+        """Add every layer of an OCI image, and take its config; the image written names
+        this source manifest."""
         descriptor, manifest, _ = source.resolve(tag, self.options.platform)
         self.source_descriptor = Descriptor(manifest.media_type, descriptor.digest, descriptor.size)
-        config = source.read_config(manifest)
+        self.config = source.read_config(manifest)
         buffers = BufferPool()  # decompression buffers, shared by the layers in turn
         with self._executors() as (pool, writer):
             for number, layer in enumerate(manifest.layers):
@@ -142,9 +145,18 @@ class ImageBuilder:
                         raise
                     finally:
                         stream.close()
-        return manifest, descriptor.digest, config
 
-    def add_directory(self, root: Path) -> None:
+    def add_directory(
+        self,
+        root: Path,
+        *,
+        cmd: Sequence[str] = (),
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+    ) -> None:
+        """Add a local directory as one layer; the image's config says how its container
+        starts (``cmd``, ``env``, ``workdir``)."""
+        self.config = layout.directory_config(cmd, env, workdir)
         with self._executors() as (pool, writer):
             self._add_layer(pool, writer, str(root), directory_entries(root), None)
 
@@ -229,19 +241,12 @@ class ImageBuilder:
 
     # -- output -----------------------------------------------------------------------
 
-    def finish(
-        self,
-        tag: str,
-        *,
-        config: dict[str, Any] | None = None,
-        source_manifest: str | None = None,
-    ) -> BuildSummary:
+    def finish(self, tag: str) -> BuildSummary:
+        """Write the bootstrap, config and manifest of what was added, and move ``tag``."""
         with _gc_paused():
-            return self._finish(tag, config, source_manifest)
+            return self._finish(tag)
 
-    def _finish(
-        self, tag: str, config: dict[str, Any] | None, source_manifest: str | None
-    ) -> BuildSummary:
+    def _finish(self, tag: str) -> BuildSummary:
         # Blob table: this image's layer blobs in layer order, then the dictionary blobs
         # its tree references, by digest.
         own = [d for d, _, _ in self.layer_blobs]
@@ -271,53 +276,11 @@ class ImageBuilder:
         self.dest.push_blob_bytes(bootstrap, bootstrap_digest)
         root_digest = f"{self.algo.label}:{tables.inodes[0].digest.hex()}"
 
-        layers = [
-            Descriptor(
-                mt.KETCH_BLOB,
-                blob.oci_digest,
-                blob.size,
-                {
-                    mt.ANNOTATION_KETCH_CHUNKS: str(blob.chunk_count),
-                    mt.ANNOTATION_SNAPSHOT_KETCH_LAYER: "blob",
-                },
-            )
-            for blob in tables.blobs
-        ]
-        layers.append(
-            Descriptor(
-                mt.KETCH_BOOTSTRAP,
-                bootstrap_digest,
-                len(bootstrap),
-                {
-                    mt.ANNOTATION_KETCH_BOOTSTRAP: "true",
-                    mt.ANNOTATION_KETCH_ROOT: root_digest,
-                    mt.ANNOTATION_KETCH_VERSION: str(FORMAT_VERSION),
-                    mt.ANNOTATION_SNAPSHOT_KETCH_LAYER: "bootstrap",
-                    mt.ANNOTATION_SNAPSHOT_KETCH_BOOTSTRAP: bootstrap_digest,
-                },
-            )
-        )
-        config_bytes = canonical_json(_ketch_config(config, [d.digest for d in layers]))
-        config_digest = sha256_hex(config_bytes)
-        self.dest.push_blob_bytes(config_bytes, config_digest)
-        annotations = {mt.ANNOTATION_KETCH_ROOT: root_digest}
-        if source_manifest:
-            annotations[mt.ANNOTATION_KETCH_SOURCE] = source_manifest
-        # The converted image names its source manifest as its OCI ``subject`` too, so a
-        # registry lists it among the source's referrers.
+        layers = layout.image_layers(tables.blobs, bootstrap_digest, len(bootstrap), root_digest)
         source = self.source_descriptor
-        subject = None
-        if source_manifest and source is not None and source.digest == source_manifest:
-            subject = Descriptor(source.media_type, source.digest, source.size)
-        manifest = Manifest(
-            mt.OCI_MANIFEST,
-            Descriptor(mt.OCI_CONFIG, config_digest, len(config_bytes)),
-            layers,
-            annotations,
-            subject,
+        descriptor = layout.write_manifest(
+            self.dest, tag, layers, root_digest, config=self.config, source=source
         )
-        manifest_bytes = manifest.to_bytes()
-        descriptor = self.dest.put_manifest(manifest_bytes, mt.OCI_MANIFEST, tag)
         file_bytes = sum(layer.file_bytes for layer in self.layers)
         return BuildSummary(
             reference=f"{self.dest.name}:{tag}",
@@ -325,7 +288,7 @@ class ImageBuilder:
             root_digest=root_digest,
             bootstrap_digest=bootstrap_digest,
             bootstrap_size=len(bootstrap),
-            source_manifest=source_manifest,
+            source_manifest=source.digest if source is not None else None,
             layers=self.layers,
             blobs=[
                 {"digest": b.oci_digest, "size": b.size, "chunks": b.chunk_count}
@@ -359,15 +322,3 @@ def _regular(node: Node | None) -> bool:
 def _tar_entries(reader: LayerReader) -> Iterator[tuple[LayerEntry, DataSource | None]]:
     for entry in reader.entries():
         yield entry, (reader.read_data if entry.kind is EntryKind.FILE else None)
-
-
-def _ketch_config(source: dict[str, Any] | None, layer_digests: list[str]) -> dict[str, Any]:
-    """The source image's config with rootfs naming our layers; its history is per source
-    layer, so it is dropped rather than left describing layers that are not there."""
-    config: dict[str, Any] = json.loads(json.dumps(source)) if source else {}
-    config.setdefault("architecture", "amd64")
-    config.setdefault("os", "linux")
-    config.setdefault("config", {})
-    config.pop("history", None)
-    config["rootfs"] = {"type": "layers", "diff_ids": layer_digests}
-    return config

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from ketch.builder.image_builder import BuildOptions, BuildSummary, ImageBuilder
 from ketch.cli.image_commands import open_image
@@ -65,8 +64,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     options = _build_options(args)
     with make_progress(enabled=None if not args.json else False) as progress:
         builder = ImageBuilder(dest, options, progress)
-        _, source_digest, config = builder.convert(source, source_tag)
-        summary = builder.finish(dest_tag, config=config, source_manifest=source_digest)
+        builder.convert(source, source_tag)
+        summary = builder.finish(dest_tag)
     _print_build(summary, args.json)
     return 0
 
@@ -76,16 +75,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.dest, store_options(args, args.config_values, "dest"), create=True
     )
     options = _build_options(args)
-    config: dict[str, Any] = {"architecture": "amd64", "os": "linux", "config": {}}
-    if args.cmd:
-        config["config"]["Cmd"] = args.cmd
-    if args.env:
-        config["config"]["Env"] = args.env
-    if args.workdir:
-        config["config"]["WorkingDir"] = args.workdir
     with make_progress(enabled=None if not args.json else False) as progress:
         builder = ImageBuilder(dest, options, progress)
-        builder.add_directory(Path(args.rootfs))
-        summary = builder.finish(dest_tag, config=config)
+        builder.add_directory(
+            Path(args.rootfs), cmd=args.cmd or (), env=args.env or (), workdir=args.workdir
+        )
+        summary = builder.finish(dest_tag)
     _print_build(summary, args.json)
     return 0

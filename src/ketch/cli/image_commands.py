@@ -12,11 +12,11 @@ from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size, report
 from ketch.config import StoreOptions
 from ketch.errors import local_file_error
-from ketch.fs.check import check_image
 from ketch.fs.image_fs import ImageFS
-from ketch.fs.summary import entry_summary, image_summary
 from ketch.fs.unpack import unpack
-from ketch.storage.ketch_image import KetchImage, open_ketch_image
+from ketch.image.check import check_image
+from ketch.image.inspect import entry_summary, image_summary
+from ketch.image.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.open import open_store
 from ketch.storage.windowed_reader import WindowedChunkReader
 

@@ -46,11 +46,11 @@ from ketch.errors import KetchError, StorageError, UsageError, local_file_error
 from ketch.format.prefetch_list import read_prefetch_list
 from ketch.format.records import ChunkRecord
 from ketch.fs.image_fs import ImageFS
+from ketch.image.ketch_image import KetchImage, open_ketch_image
 from ketch.process_identity import process_start
 from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import DEFAULT_MAX_MERGE, ChunkReader
-from ketch.storage.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.open import open_store
 
 log = logging.getLogger("ketch.daemon")

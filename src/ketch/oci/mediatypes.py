@@ -1,4 +1,5 @@
-"""Media types and annotation keys, as named constants (docs/format.md §6)."""
+"""OCI and Docker media types and annotation keys, as named constants (the Ketch ones:
+``ketch.image.layout``)."""
 
 from __future__ import annotations
 
@@ -21,20 +22,7 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 
-# Ketch.
-KETCH_BLOB = "application/vnd.ketch.blob.v1"
-KETCH_BOOTSTRAP = "application/vnd.ketch.bootstrap.v1"
-
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
-ANNOTATION_KETCH_BOOTSTRAP = "dev.ketch.bootstrap"  # "true" on the bootstrap layer
-ANNOTATION_KETCH_ROOT = "dev.ketch.root-digest"  # "<algo>:<hex>" of the tree root
-ANNOTATION_KETCH_SOURCE = "dev.ketch.source-manifest"  # digest of the converted manifest
-ANNOTATION_KETCH_VERSION = "dev.ketch.format-version"
-ANNOTATION_KETCH_CHUNKS = "dev.ketch.blob.chunks"  # chunk count of a data blob
-# containerd copies layer annotations prefixed "containerd.io/snapshot/" into the labels of
-# the layer's snapshot Prepare: what the Ketch snapshotter needs (docs/containerd.md).
-ANNOTATION_SNAPSHOT_KETCH_LAYER = "containerd.io/snapshot/ketch.layer"  # "blob" or "bootstrap"
-ANNOTATION_SNAPSHOT_KETCH_BOOTSTRAP = "containerd.io/snapshot/ketch.bootstrap"  # its digest
 
 # Tar layer compression by media type.
 LAYER_COMPRESSION = {

@@ -34,6 +34,7 @@ from google.protobuf import empty_pb2, field_mask_pb2
 from ketch.config import StoreOptions
 from ketch.errors import StorageError, UnsupportedError, UsageError
 from ketch.format.digests import sha256_hex
+from ketch.image.layout import bootstrap_layer
 from ketch.oci.manifest import Manifest, load_json
 from ketch.oci.reference import RegistryReference, parse_reference
 from ketch.snapshot.containerd_api import CONTENT, IMAGES, SNAPSHOTS, ContainerdAPI
@@ -42,7 +43,6 @@ from ketch.snapshot.protos.containerd.services.images.v1 import images_pb2
 from ketch.snapshot.protos.containerd.services.snapshots.v1 import snapshots_pb2
 from ketch.snapshot.protos.containerd.types import descriptor_pb2
 from ketch.snapshot.remote import LABEL_KETCH_REF, LABEL_TARGET
-from ketch.storage.ketch_image import bootstrap_layer
 from ketch.storage.open import open_store
 from ketch.storage.store import MAX_CONFIG_SIZE
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from ketch.daemon.launcher import unmount
 from ketch.errors import NotFoundError
-from ketch.oci import mediatypes as mt
+from ketch.image import layout
 from ketch.snapshot.metadata import InvalidArgumentError, SnapshotError
 
 LABEL_TARGET = "containerd.io/snapshot.ref"  # containerd's remote snapshot target
-LABEL_KETCH_LAYER = mt.ANNOTATION_SNAPSHOT_KETCH_LAYER
-LABEL_KETCH_BOOTSTRAP = mt.ANNOTATION_SNAPSHOT_KETCH_BOOTSTRAP
+LABEL_KETCH_LAYER = layout.ANNOTATION_SNAPSHOT_KETCH_LAYER
+LABEL_KETCH_BOOTSTRAP = layout.ANNOTATION_SNAPSHOT_KETCH_BOOTSTRAP
 LABEL_KETCH_REF = "containerd.io/snapshot/ketch.ref"  # set by `ketch containerd pull`
 LABEL_CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"  # set by the CRI plugin
 MOUNT_TIMEOUT = 150.0  # seconds: the launcher's own 120 s, and a fresh interpreter

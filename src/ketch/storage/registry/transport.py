@@ -32,7 +32,6 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Self, TypeVar
 
 import httpx

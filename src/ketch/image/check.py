@@ -14,8 +14,8 @@ from ketch.errors import KetchError
 from ketch.format.blob import read_blob_table
 from ketch.format.bootstrap_verify import verify_bootstrap
 from ketch.format.records import BlobChunkEntry, ChunkRecord
+from ketch.image.ketch_image import KetchImage
 from ketch.storage.chunk_reader import ChunkReader, merge_ranges
-from ketch.storage.ketch_image import KetchImage
 
 _BATCH = 16 << 20
 

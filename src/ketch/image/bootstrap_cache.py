@@ -1,4 +1,11 @@
-"""Find a Ketch image's bootstrap through its manifest."""
+"""The bootstrap cache: a local copy of each bootstrap, named by its digest, that a mount
+daemon maps instead of holding the bootstrap in memory.
+
+A copy is checked against the manifest's digest at every open, about 1 ms per 2 MB (11 ms
+for a 100,000-file image): a cache file is hostile input like any other, and the bootstrap
+decides which bytes every path reads. A missing or damaged copy is fetched again; a copy
+that cannot be written (a full disk) leaves the bootstrap in memory.
+"""
 
 from __future__ import annotations
 
@@ -10,70 +17,18 @@ import os
 import stat
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-from ketch.errors import IntegrityError, NotFoundError
+from ketch.errors import IntegrityError
 from ketch.format.bootstrap import Bootstrap
 from ketch.format.digests import oci_digest, sha256_hex
-from ketch.oci import mediatypes as mt
-from ketch.oci.manifest import Descriptor, Manifest, Platform
+from ketch.oci.manifest import Descriptor
 from ketch.storage.store import ImageStore
 
-MAX_BOOTSTRAP_SIZE = 1 << 32
-
-log = logging.getLogger("ketch.storage")
+log = logging.getLogger("ketch.image")
 
 
-@dataclass(slots=True)
-class KetchImage:
-    store: ImageStore
-    tag: str
-    descriptor: Descriptor
-    manifest: Manifest
-    bootstrap_layer: Descriptor
-    bootstrap: Bootstrap
-
-    @property
-    def name(self) -> str:
-        return f"{self.store.name}:{self.tag}"
-
-
-def bootstrap_layer(manifest: Manifest, where: str) -> Descriptor:
-    layers = [layer for layer in manifest.layers if layer.media_type == mt.KETCH_BOOTSTRAP]
-    if len(layers) != 1:
-        raise NotFoundError(
-            f"{where}: not a Ketch image: expected one {mt.KETCH_BOOTSTRAP} layer, found {len(layers)}"
-        )
-    return layers[0]
-
-
-def open_ketch_image(
-    store: ImageStore,
-    tag: str,
-    *,
-    platform: Platform | None = None,
-    cache_dir: Path | None = None,
-    resolved: tuple[Descriptor, Manifest] | None = None,
-) -> KetchImage:
-    """Resolve ``tag`` (unless the caller did: ``resolved``) and open its bootstrap: in
-    memory, or mmapped from ``cache_dir``."""
-    descriptor, manifest = resolved or store.resolve(tag, platform)[:2]
-    where = f"{store.name}:{tag}"
-    layer = bootstrap_layer(manifest, where)
-    if layer.size > MAX_BOOTSTRAP_SIZE:
-        raise IntegrityError(
-            f"{where}: bootstrap size: expected <= {MAX_BOOTSTRAP_SIZE}, found {layer.size}"
-        )
-    if cache_dir is None:
-        data = store.read_blob(layer.digest, max_size=layer.size)
-        bootstrap = Bootstrap(data, name=f"bootstrap {layer.digest}")
-    else:
-        bootstrap = _cached_bootstrap(store, layer, cache_dir)
-    return KetchImage(store, tag, descriptor, manifest, layer, bootstrap)
-
-
-def _cached_bootstrap(store: ImageStore, layer: Descriptor, cache_dir: Path) -> Bootstrap:
+def cached_bootstrap(store: ImageStore, layer: Descriptor, cache_dir: Path) -> Bootstrap:
     """The bootstrap from a local copy named by its digest: the copy is checked against
     that digest at every open (a cache file is hostile input, and the bootstrap decides
     which bytes every path reads), and fetched again if it is missing or damaged."""

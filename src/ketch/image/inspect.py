@@ -6,7 +6,8 @@ import stat
 from typing import Any
 
 from ketch.format.bootstrap import Bootstrap
-from ketch.storage.ketch_image import KetchImage
+from ketch.image.ketch_image import KetchImage
+from ketch.image.layout import source_manifest
 
 _KINDS = {
     stat.S_IFREG: "file",
@@ -52,7 +53,7 @@ def image_summary(image: KetchImage) -> dict[str, Any]:
         "unique_chunks": bs.superblock.chunk_count,
         "unique_bytes": unique_bytes,
         "stored_bytes": sum(b.size for b in blobs),
-        "source_manifest": image.manifest.annotations.get("dev.ketch.source-manifest"),
+        "source_manifest": source_manifest(image.manifest),
         "prefetch_files": bs.superblock.prefetch_count,
     }
 
