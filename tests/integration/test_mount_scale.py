@@ -22,6 +22,7 @@ from tests.integration.ketch_cli import KETCH, ketch
 FILES = 100_000
 DEPTH = 1_500
 READERS = 16
+SAMPLE = 7  # every SAMPLE-th file of the directory is read, beside the first and last
 
 
 @pytest.fixture(autouse=True)
@@ -74,12 +75,13 @@ def test_a_directory_of_100000_files_listed_stated_and_read_by_16_readers(
     sizes = {os.stat(big / name).st_size for name in names}
     assert sizes == {len(_content(0))}
 
-    # 16 readers, each a stride of the directory: together they read every file, the
-    # last ones as the first ones, and every byte must be right.
+    # 16 readers, each a stride of a sample spread over the whole directory (the first
+    # files, the last ones and every SAMPLE-th between): every byte must be right. Reading
+    # all 100,000 is the bench row large_dir, against ext4.
+    sample = sorted({*range(1000), *range(FILES - 1000, FILES), *range(0, FILES, SAMPLE)})
+
     def read_stride(start: int) -> list[int]:
-        return [
-            i for i in range(start, FILES, READERS) if (big / names[i]).read_bytes() != _content(i)
-        ]
+        return [i for i in sample[start::READERS] if (big / names[i]).read_bytes() != _content(i)]
 
     with ThreadPoolExecutor(READERS) as pool:
         wrong = [i for found in pool.map(read_stride, range(READERS)) for i in found]
@@ -87,8 +89,9 @@ def test_a_directory_of_100000_files_listed_stated_and_read_by_16_readers(
     assert _metric(sock, "ketch_read_errors_total") == 0
     # The trace names every file read, resolved when asked for.
     files = json.loads(api_get(sock, "/api/v1/files", timeout=120))
-    assert sorted(entry["path"] for entry in files) == [f"/big/{name}" for name in names]
-    assert all(entry["bytes_read"] == len(_content(0)) for entry in files)
+    assert sorted(entry["path"] for entry in files) == [f"/big/{names[i]}" for i in sample]
+    # At least the file once: the kernel may drop a page under memory pressure and ask again.
+    assert all(entry["bytes_read"] >= len(_content(0)) for entry in files)
 
 
 def test_a_tree_1500_deep_through_the_mount_and_in_the_trace(tmp_path: Path) -> None:
