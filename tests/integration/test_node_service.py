@@ -74,6 +74,29 @@ def test_mount_through_the_service(state: Path, base_layout: Path, tmp_path: Pat
     assert read_record(mountpoint) is None and not os.path.ismount(mountpoint)
 
 
+def test_a_state_dir_deeper_than_a_socket_address_holds(
+    base_layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A unix socket address holds 108 bytes; test and state dirs are often deeper.
+    state = tmp_path / ("d" * 60) / ("e" * 60) / "state"
+    monkeypatch.setenv("KETCH_STATE_DIR", str(state))
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    try:
+        started = json.loads(ketch("service", "start", "--json").stdout)
+        assert json.loads(ketch("service", "status", "--json").stdout)["pid"] == started["pid"]
+        ketch(
+            "mount", f"oci:{base_layout}:base", str(mountpoint), "--cache-dir", str(tmp_path / "c")
+        )
+        record = read_record(mountpoint)
+        assert record is not None and _parent(record.pid) != started["pid"]  # via the service
+        status = json.loads(ketch("status", str(mountpoint), "--json").stdout)
+        assert status["daemon"]["pid"] == record.pid
+    finally:
+        subprocess.run([*KETCH, "umount", str(mountpoint)], capture_output=True, check=False)
+        subprocess.run([*KETCH, "service", "stop"], capture_output=True, check=False)
+
+
 def test_daemon_errors_come_back_as_one_line(
     state: Path, base_layout: Path, tmp_path: Path
 ) -> None:

@@ -15,10 +15,12 @@ import os
 import socket
 import socketserver
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+
+from ketch.daemon.unix_path import unix_address
 
 Route = Callable[[], tuple[str, bytes]]  # -> (content type, body)
 
@@ -32,22 +34,8 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     routes: dict[str, Route]
 
     def server_bind(self) -> None:
-        with _short_path(Path(self.server_address)) as short:  # type: ignore[arg-type]
+        with unix_address(Path(self.server_address)) as short:  # type: ignore[arg-type]
             self.socket.bind(short)
-
-
-@contextlib.contextmanager
-def _short_path(path: Path) -> Iterator[str]:
-    """A path to ``path`` that fits in a unix socket address (108 bytes): through an open
-    descriptor of its directory when the real one is too long."""
-    if len(os.fsencode(path)) < 100:
-        yield str(path)
-        return
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -111,7 +99,7 @@ def api_get(sock: Path, path: str, timeout: float = 5.0) -> bytes:
         def connect(self) -> None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(timeout)
-            with _short_path(sock) as short:
+            with unix_address(sock) as short:
                 self.sock.connect(short)
 
     conn = _Conn("localhost", timeout=timeout)

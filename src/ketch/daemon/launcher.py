@@ -35,6 +35,7 @@ from ketch.daemon.state import (
     remove_socket,
     state_dir,
 )
+from ketch.daemon.unix_path import unix_address
 from ketch.errors import KetchError, NotFoundError, StorageError, UsageError
 from ketch.process_identity import pid_alive
 
@@ -110,7 +111,8 @@ def _via_service(config: DaemonConfig, log_file: Path, timeout: float) -> bytes 
     service runs. The daemon answers on this very connection."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(service_socket()))
+        with unix_address(service_socket()) as address:
+            sock.connect(address)
     except (FileNotFoundError, ConnectionRefusedError):
         sock.close()
         return None  # no service on this node (or a stale socket of a dead one)

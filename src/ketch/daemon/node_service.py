@@ -39,6 +39,7 @@ from ketch.daemon.launcher import (
 )
 from ketch.daemon.process import fork_detached, setup_logging
 from ketch.daemon.state import state_dir
+from ketch.daemon.unix_path import unix_address
 from ketch.errors import KetchError, NotFoundError, UsageError
 from ketch.process_identity import pid_alive, process_start
 
@@ -147,7 +148,8 @@ def _listen(path: Path) -> socket.socket:
     if path.exists() or path.is_symlink():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(str(path))
+            with unix_address(path) as address:
+                probe.connect(address)
         except OSError:
             path.unlink()  # left by a service that died
         else:
@@ -157,7 +159,8 @@ def _listen(path: Path) -> socket.socket:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
-        listener.bind(str(path))
+        with unix_address(path) as address:
+            listener.bind(address)
     except OSError as exc:
         listener.close()
         raise UsageError(f"{path}: cannot listen: {exc.strerror}") from None
