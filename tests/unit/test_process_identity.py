@@ -125,3 +125,18 @@ def test_a_damaged_mount_record_is_no_record(
     assert read_record(mountpoint) is None
     path.write_text("[1, 2]")
     assert read_record(mountpoint) is None
+
+
+def test_a_hostile_mount_record_reads_as_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ketch.daemon.state import all_records, read_record, record_path  # noqa: PLC0415
+
+    monkeypatch.setenv("KETCH_STATE_DIR", str(tmp_path))
+    mountpoint = tmp_path / "mnt"
+    path = record_path(mountpoint)
+    path.parent.mkdir(parents=True)
+    for text in ("[" * 100_000, '{"pid": ' + "9" * 5000 + "}"):
+        path.write_text(text)
+        assert read_record(mountpoint) is None
+        assert all_records() == []

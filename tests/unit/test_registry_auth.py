@@ -486,3 +486,14 @@ def test_a_registry_with_the_referrers_api_gets_no_fallback_tag() -> None:
     store.put_manifest(data, mt.OCI_MANIFEST, "v1")
     store.close()
     assert puts == ["/v2/app/manifests/v1"]
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, '{"auths": ' + "9" * 5000 + "}"])
+def test_a_hostile_docker_config_is_one_usage_error(tmp_path: Path, text: str) -> None:
+    from ketch.storage.registry.auth import credentials_from_docker_config  # noqa: PLC0415
+
+    config = tmp_path / "config.json"
+    config.write_text(text)
+    with pytest.raises(UsageError) as raised:
+        credentials_from_docker_config("registry.example", config)
+    assert "\n" not in raised.value.message and str(config) in raised.value.message

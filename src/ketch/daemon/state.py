@@ -126,7 +126,7 @@ def write_record(record: MountRecord) -> None:
 def read_record(mountpoint: Path) -> MountRecord | None:
     try:
         return _record(json.loads(record_path(mountpoint).read_text()))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -155,7 +155,7 @@ def remove_record(mountpoint: Path) -> None:
 def all_records() -> list[MountRecord]:
     out = []
     for path in sorted((state_dir() / "mounts").glob("*.json")):
-        with contextlib.suppress(ValueError, OSError):
+        with contextlib.suppress(ValueError, OSError, RecursionError):
             record = _record(json.loads(path.read_text()))
             if record is not None:
                 out.append(record)

@@ -93,9 +93,9 @@ def credentials_from_docker_config(registry: str, path: Path) -> Credentials | N
         raise UsageError(f"{path}: cannot read the Docker config: {exc.strerror}") from None
     try:
         doc = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # a 4300-digit number, nesting too deep
         raise UsageError(
-            f"{path}: expected a Docker config (JSON), found invalid JSON: {exc}"
+            f"{path}: expected a Docker config (JSON), found invalid JSON: {exc!r}"
         ) from None
     if not isinstance(doc, dict):
         raise UsageError(f"{path}: expected a Docker config (a JSON object)")

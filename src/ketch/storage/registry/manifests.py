@@ -173,7 +173,7 @@ class ManifestAPI(RegistryTransport):
                 raise self._fail(response, what, "HTTP 200")
             try:
                 doc = json.loads(response.content)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # not JSON, a 4300-digit number, too deep
                 raise StorageError(f"{what}: expected JSON, found invalid data") from None
             tags = doc.get("tags") if isinstance(doc, dict) else None
             found.extend(t for t in tags or [] if isinstance(t, str))

@@ -379,7 +379,7 @@ class RegistryTransport:
             raise self._fail(response, what, "HTTP 200 with a token")
         try:
             doc = json.loads(response.content)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # a hostile server's answer
             doc = None
         token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
         if not isinstance(token, str) or not token:
@@ -440,7 +440,7 @@ def _error_detail(response: httpx.Response) -> str:
         return ""
     try:
         doc = json.loads(data[:65536])
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         text = data[:120].decode("utf-8", "replace").strip()
         return f": {' '.join(text.split())}" if text else ""
     errors = doc.get("errors") if isinstance(doc, dict) else None
