@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from ketch.storage.memory import MemoryStore
+from ketch.storage.mirrored_store import MirroredRegistryStore, mirror_client
 from ketch.storage.oci_layout_store import OciLayoutStore
 from ketch.storage.registry_client import RegistryClient, RegistryOptions
 from ketch.storage.registry_store import RegistryStore
@@ -44,6 +46,13 @@ def oci_layout_backend(
         store.layout.blob_path(digest).write_bytes(data)
 
     return store, corrupt
+
+
+def memory_backend(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[ImageStore, CorruptHook]:
+    store = MemoryStore(f"memory:{tmp_path.name}")
+    return store, store.corrupt
 
 
 def s3_backend(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[ImageStore, CorruptHook]:
@@ -70,10 +79,31 @@ def registry_backend(
     # after the test's directory and the store's. Blobs are content-addressed across
     # repositories: a corrupted one stays corrupted for every repository holding the
     # same bytes, so the suite corrupts only bytes no other test pushes.
+    return _registry_backend(tmp_path, request, mirrored=False)
+
+
+def mirrored_backend(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[ImageStore, CorruptHook]:
+    # The origin's own registry as its mirror: blob reads go through the mirror path
+    # (and its fallback to the origin), everything else to the origin.
+    return _registry_backend(tmp_path, request, mirrored=True)
+
+
+def _registry_backend(
+    tmp_path: Path, request: pytest.FixtureRequest, *, mirrored: bool
+) -> tuple[ImageStore, CorruptHook]:
     registry: RunningRegistry = request.getfixturevalue("registry_plain")
     test_dir, store_dir = tmp_path.parent.name, tmp_path.name
     repository = "contract/" + "/".join(_repository_component(n) for n in (test_dir, store_dir))
-    store = RegistryStore(RegistryClient(registry.host, RegistryOptions(backoff=0.01)), repository)
+    options = RegistryOptions(backoff=0.01)
+    client = RegistryClient(registry.host, options)
+    store: RegistryStore
+    if mirrored:
+        mirror = mirror_client(f"http://{registry.host}", options)
+        store = MirroredRegistryStore(client, repository, [mirror])
+    else:
+        store = RegistryStore(client, repository)
     request.addfinalizer(store.close)
     blobs = registry.root / "storage" / "docker" / "registry" / "v2" / "blobs" / "sha256"
 
@@ -92,6 +122,8 @@ def _repository_component(name: str) -> str:
 
 
 BACKENDS: dict[str, BackendFactory] = {
+    "memory": memory_backend,
+    "mirrored-registry": mirrored_backend,
     "oci-layout": oci_layout_backend,
     "registry": registry_backend,
     "s3": s3_backend,
