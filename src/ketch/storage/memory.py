@@ -32,16 +32,13 @@ class MemoryStore(ImageStore):
         self._tags: dict[str, Descriptor] = {}
         self._scratch: Path | None = None
 
-    @classmethod
-    def copy_of(cls, source: ImageStore, tag: str) -> MemoryStore:
-        """A memory store holding ``source``'s image ``tag``: its manifest, config and
-        layers, under the same tag."""
-        store = cls(f"memory:{source.name}")
+    def copy_image_from(self, source: ImageStore, tag: str) -> None:
+        """Hold ``source``'s image ``tag``: its manifest, config and layers, under the
+        same tag."""
         descriptor, manifest, data = source.resolve(tag)
         for blob in (manifest.config, *manifest.layers):
-            store.copy_blob_from(source, blob.digest)
-        store.put_manifest(data, descriptor.media_type, tag)
-        return store
+            self.copy_blob_from(source, blob.digest)
+        self.put_manifest(data, descriptor.media_type, tag)
 
     # -- the read path ----------------------------------------------------------------
 
