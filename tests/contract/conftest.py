@@ -15,7 +15,7 @@ The ``backend`` fixture runs every contract test once per entry of ``BACKENDS``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,11 @@ from ketch.storage.registry_client import RegistryClient, RegistryOptions
 from ketch.storage.registry_store import RegistryStore
 from ketch.storage.s3_store import MIN_PART_SIZE, S3Store
 from ketch.storage.store import ImageStore
-from tests.fixtures.registry import RunningRegistry, registry_plain_fixture  # noqa: F401 (fixtures)
+from tests.fixtures.registry import (  # noqa: F401 (fixtures)
+    RunningRegistry,
+    _serve,
+    registry_plain_fixture,
+)
 from tests.fixtures.s3 import s3_bucket_fixture, s3_client, s3_endpoint_fixture, s3_store_client  # noqa: F401 (fixtures)
 
 CorruptHook = Callable[[str, bytes], None]
@@ -46,6 +50,16 @@ def oci_layout_backend(
         store.layout.blob_path(digest).write_bytes(data)
 
     return store, corrupt
+
+
+@pytest.fixture(scope="session", name="registry_for_mirrors")
+def registry_for_mirrors_fixture(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningRegistry]:
+    """A plain registry of the mirrored backend's own: a registry keeps one file per blob
+    for all its repositories, so a blob the suite corrupts for one backend would be
+    corrupt for the other."""
+    yield from _serve("plain", tmp_path_factory)
 
 
 def memory_backend(
@@ -93,7 +107,9 @@ def mirrored_backend(
 def _registry_backend(
     tmp_path: Path, request: pytest.FixtureRequest, *, mirrored: bool
 ) -> tuple[ImageStore, CorruptHook]:
-    registry: RunningRegistry = request.getfixturevalue("registry_plain")
+    registry: RunningRegistry = request.getfixturevalue(
+        "registry_for_mirrors" if mirrored else "registry_plain"
+    )
     test_dir, store_dir = tmp_path.parent.name, tmp_path.name
     repository = "contract/" + "/".join(_repository_component(n) for n in (test_dir, store_dir))
     options = RegistryOptions(backoff=0.01)
