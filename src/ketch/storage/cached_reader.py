@@ -22,9 +22,9 @@ chunks that verified are served, each bad one is read once more alone, from the 
 source where there are mirrors), so only the flight of a chunk that failed twice fails,
 and the other chunks of its range and the other merged runs are still served. A chunk
 brought by a miss extension has no flight (nobody asked for it): a bad one is dropped, a
-good one goes to the memory tier and the cache. Any other error (blob not found, backend down) concerns
-the whole blob and ends the read. Nothing here raises past ``read`` except the errors
-of the flights it waits on.
+good one goes to the memory tier and the cache. Any other error (blob not found, backend
+down) concerns the whole blob and ends the read. Nothing here raises past ``read``
+except the errors of the flights it waits on.
 
 Deadlock freedom: a thread resolves every flight it leads before it waits on anyone
 else's, and a leader never waits, so no cycle of waiting threads can form. (Reading a
@@ -38,12 +38,12 @@ Sequential prefetch: ``prefetch(blob, chunks)`` claims flights for chunks a read
 about to want (the filesystem view calls it for the rest of a file read sequentially)
 and resolves them on a few worker threads: cache files are read and verified, or missing
 chunks fetched, decompressed and verified, several at once and ahead of the reader, who
-then joins the
-flight or finds the chunk in the memory tier. A prefetch worker is a leader like any
-other, so the deadlock argument holds; the bytes of claimed-but-unfinished prefetches are
-capped (``prefetch_budget``) and finished ones live in the memory tier, so memory stays
-bounded however many files are read at once. A prefetch that fails hands its error to
-whoever joined it (as any flight does) and is otherwise forgotten: a later read retries.
+then joins the flight or finds the chunk in the memory tier. A prefetch worker is a
+leader like any other, so the deadlock argument holds; the bytes of claimed-but-
+unfinished prefetches are capped (``prefetch_budget``) and finished ones live in the
+memory tier, so memory stays bounded however many files are read at once. A prefetch
+that fails hands its error to whoever joined it (as any flight does) and is otherwise
+forgotten: a later read retries.
 """
 
 from __future__ import annotations

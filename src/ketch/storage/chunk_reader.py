@@ -1,10 +1,10 @@
 """Fetch chunks from a store, decompress them and verify each against its digest.
 
-Adjacent chunks of one blob are fetched with one range read (up to ``max_merge``
-bytes, ``range_plan.merge_ranges``), through ``BlobReader.read_range_verified`` with a check that decompresses and
-verifies the chunks of that range, so a store with mirrors can try another source when
-one sends wrong bytes. A chunk whose bytes do not match its digest raises IntegrityError
-naming blob, offset and digests; wrong bytes are never returned.
+Adjacent chunks of one blob are fetched with one range read (up to ``max_merge`` bytes,
+``range_plan.merge_ranges``), through ``BlobReader.read_range_verified`` with a check
+that decompresses and verifies the chunks of that range, so a store with mirrors can try
+another source when one sends wrong bytes. A chunk whose bytes do not match its digest
+raises IntegrityError naming blob, offset and digests; wrong bytes are never returned.
 
 A merged range that fails its check is narrowed (``read_each``): the chunks of it that
 verified are kept, and each bad chunk is read once more on its own (a store with mirrors
@@ -87,7 +87,8 @@ class ChunkReader:
             data = decoder(chunk.codec).decompress(compressed, chunk.uncompressed_size)
         except IntegrityError as exc:
             raise IntegrityError(
-                f"blob {blob.digest} chunk at {chunk.compressed_offset} ({chunk.digest.hex()}): {exc}"
+                f"blob {blob.digest} chunk at {chunk.compressed_offset} "
+                f"({chunk.digest.hex()}): {exc}"
             ) from None
         found = self.algo.digest(data)
         if found != chunk.digest:

@@ -68,8 +68,10 @@ def miss_extension(
     """``missing`` (sorted by offset) plus the chunks that follow each of them in
     ``blob``, whole chunks within ``budget`` bytes past it, stopping at the first chunk
     ``known`` says is held or being fetched (the rest likely is too); sorted by offset."""
+    if budget <= 0:
+        return list(missing)
     ordered, offsets = blob.chunks, blob.offsets
-    if not ordered or budget <= 0:
+    if not ordered:
         return list(missing)
     wanted = {chunk.compressed_offset: chunk for chunk in missing}
     for chunk in missing:
