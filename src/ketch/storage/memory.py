@@ -13,6 +13,7 @@ import io
 import shutil
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import IO
 
@@ -103,11 +104,8 @@ class MemoryStore(ImageStore):
         with self._lock:
             if self._scratch is None:
                 self._scratch = Path(tempfile.mkdtemp(prefix="ketch-memory-store-"))
+                weakref.finalize(self, shutil.rmtree, self._scratch, ignore_errors=True)
             return self._scratch
-
-    def __del__(self) -> None:
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def _put(self, digest: str, data: bytes) -> None:
         with self._lock:
