@@ -498,8 +498,8 @@ def test_idle_prefetch_workers_end_and_come_back(
 # -- damaged blobs: narrowed to the bad chunk, read again once (issue 16, defect 1) ----------
 
 
-def readahead_mount(layout: Path, cache_root: Path, store: CountingStore | None = None) -> Mount:
-    """A reader as the daemon builds it: a miss also reads ahead what follows it."""
+def extending_mount(layout: Path, cache_root: Path, store: CountingStore | None = None) -> Mount:
+    """A reader as the daemon builds it: a miss extension brings what follows a miss."""
     store = store or CountingStore(OciLayoutStore.open(layout))
     image = open_ketch_image(store, "ketch")
     bootstrap = image.bootstrap
@@ -526,7 +526,7 @@ def damage(m: Mount, path: str, *, truncate: bool = False) -> ChunkRecord:
 def test_a_bad_chunk_read_ahead_fails_only_its_own_readers(tmp_path: Path, truncate: bool) -> None:
     # "a" and "b" are adjacent in the blob: a miss of "a" reads "b" ahead, in one range.
     layout = build(tmp_path, "image", {"a": FOUR, "b": TEXT})
-    m = readahead_mount(layout, tmp_path / "cache")
+    m = extending_mount(layout, tmp_path / "cache")
     bad = damage(m, "/b", truncate=truncate)
     assert m.cat("/a") == FOUR  # the good chunks of the failed range are served
     # The range, then the bad chunk alone, once (a blob cut short: halves down to the
@@ -560,13 +560,13 @@ class FlippingStore(CountingStore):
 
 def test_bytes_damaged_on_the_way_are_read_again_once(tmp_path: Path) -> None:
     layout = build(tmp_path, "image", {"a": FOUR, "b": TEXT})
-    m = readahead_mount(layout, tmp_path / "cache", FlippingStore(OciLayoutStore.open(layout), 1))
+    m = extending_mount(layout, tmp_path / "cache", FlippingStore(OciLayoutStore.open(layout), 1))
     assert m.cat("/a") == FOUR
     assert m.cat("/b") == TEXT
     assert m.reader.reader.verify_failures == 1
     assert len(m.store.ranges) == 2  # one merged range, one chunk read again
     # A chunk damaged on both reads is an error for its readers only.
-    again = readahead_mount(
+    again = extending_mount(
         layout, tmp_path / "cache2", FlippingStore(OciLayoutStore.open(layout), 2)
     )
     with pytest.raises(IntegrityError):
