@@ -15,19 +15,25 @@ The ``backend`` fixture runs every contract test once per entry of ``BACKENDS``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ketch.config import RegistryOptions
+from ketch.storage.memory import MemoryStore
+from ketch.storage.registry.mirrors import MirroredRegistryStore, mirror_client
 from ketch.storage.oci_layout_store import OciLayoutStore
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.store import RegistryStore
 from ketch.storage.s3_store import MIN_PART_SIZE, S3Store
 from ketch.storage.store import ImageStore
-from tests.fixtures.registry import RunningRegistry, registry_plain_fixture  # noqa: F401 (fixtures)
+from tests.fixtures.registry import (  # noqa: F401 (fixtures)
+    RunningRegistry,
+    _serve,
+    registry_plain_fixture,
+)
 from tests.fixtures.s3 import s3_bucket_fixture, s3_client, s3_endpoint_fixture, s3_store_client  # noqa: F401 (fixtures)
 
 CorruptHook = Callable[[str, bytes], None]
@@ -45,6 +51,23 @@ def oci_layout_backend(
         store.layout.blob_path(digest).write_bytes(data)
 
     return store, corrupt
+
+
+@pytest.fixture(scope="session", name="registry_for_mirrors")
+def registry_for_mirrors_fixture(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningRegistry]:
+    """A plain registry of the mirrored backend's own: a registry keeps one file per blob
+    for all its repositories, so a blob the suite corrupts for one backend would be
+    corrupt for the other."""
+    yield from _serve("plain", tmp_path_factory)
+
+
+def memory_backend(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[ImageStore, CorruptHook]:
+    store = MemoryStore(f"memory:{tmp_path.name}")
+    return store, store.corrupt
 
 
 def s3_backend(tmp_path: Path, request: pytest.FixtureRequest) -> tuple[ImageStore, CorruptHook]:
@@ -71,10 +94,33 @@ def registry_backend(
     # after the test's directory and the store's. Blobs are content-addressed across
     # repositories: a corrupted one stays corrupted for every repository holding the
     # same bytes, so the suite corrupts only bytes no other test pushes.
-    registry: RunningRegistry = request.getfixturevalue("registry_plain")
+    return _registry_backend(tmp_path, request, mirrored=False)
+
+
+def mirrored_backend(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> tuple[ImageStore, CorruptHook]:
+    # The origin's own registry as its mirror: blob reads go through the mirror path
+    # (and its fallback to the origin), everything else to the origin.
+    return _registry_backend(tmp_path, request, mirrored=True)
+
+
+def _registry_backend(
+    tmp_path: Path, request: pytest.FixtureRequest, *, mirrored: bool
+) -> tuple[ImageStore, CorruptHook]:
+    registry: RunningRegistry = request.getfixturevalue(
+        "registry_for_mirrors" if mirrored else "registry_plain"
+    )
     test_dir, store_dir = tmp_path.parent.name, tmp_path.name
     repository = "contract/" + "/".join(_repository_component(n) for n in (test_dir, store_dir))
-    store = RegistryStore(RegistryClient(registry.host, RegistryOptions(backoff=0.01)), repository)
+    options = RegistryOptions(backoff=0.01)
+    client = RegistryClient(registry.host, options)
+    store: RegistryStore
+    if mirrored:
+        mirror = mirror_client(f"http://{registry.host}", options)
+        store = MirroredRegistryStore(client, repository, [mirror])
+    else:
+        store = RegistryStore(client, repository)
     request.addfinalizer(store.close)
     blobs = registry.root / "storage" / "docker" / "registry" / "v2" / "blobs" / "sha256"
 
@@ -93,6 +139,8 @@ def _repository_component(name: str) -> str:
 
 
 BACKENDS: dict[str, BackendFactory] = {
+    "memory": memory_backend,
+    "mirrored-registry": mirrored_backend,
     "oci-layout": oci_layout_backend,
     "registry": registry_backend,
     "s3": s3_backend,

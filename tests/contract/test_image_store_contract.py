@@ -26,7 +26,7 @@ from ketch.oci import mediatypes as mt
 from ketch.oci.manifest import Descriptor, Manifest, Platform, canonical_json
 from ketch.storage.chunk_reader import ChunkReader
 from ketch.storage.oci_layout_store import OciLayoutStore
-from ketch.storage.store import ImageStore
+from ketch.storage.store import BlobReader, ImageStore
 from tests.contract.conftest import Backend, CorruptHook
 from tests.fixtures import ocilayout as ol
 
@@ -81,6 +81,27 @@ def test_range_reader_is_read_range_of_one_blob(store: ImageStore) -> None:
     assert read(123, 4567) == data[123 : 123 + 4567]
     with pytest.raises(IntegrityError):
         read(9_999, 2)
+
+
+def test_read_range_verified_returns_only_bytes_that_pass_the_check(
+    store: ImageStore, corrupt: CorruptHook
+) -> None:
+    # The chunk readers' whole view of a store (``BlobReader``).
+    reader: BlobReader = store
+    data = random_bytes(20_000, seed=2)
+    digest = pushed(store, data)
+    seen: list[bytes] = []
+    assert reader.read_range_verified(digest, 100, 5000, seen.append) == data[100:5100]
+    assert seen and all(piece == data[100:5100] for piece in seen)
+    assert reader.blob_size(digest) == len(data)
+    corrupt(digest, bytes(len(data)))  # zeros: no source has the right bytes now
+
+    def check(piece: bytes) -> None:
+        if piece != data[100:5100]:
+            raise IntegrityError(f"blob {digest}: wrong bytes")
+
+    with pytest.raises(IntegrityError, match=digest):
+        reader.read_range_verified(digest, 100, 5000, check)
 
 
 def test_blob_size_and_has_blob(store: ImageStore) -> None:

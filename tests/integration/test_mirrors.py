@@ -34,6 +34,7 @@ from ketch.format.records import ChunkRecord
 from ketch.fs.image_fs import ImageFS
 from ketch.image.check import check_image
 from ketch.image.ketch_image import KetchImage, open_ketch_image
+from ketch.storage.blobs import BlobRef
 from ketch.storage.chunk_reader import ChunkReader
 from ketch.storage.registry.client import RegistryClient
 from ketch.storage.registry.mirrors import MirroredRegistryStore, mirror_client
@@ -337,7 +338,9 @@ def test_a_mirror_killed_during_a_large_range_read(
         blob, run = _big_contiguous_run(image, 48 * MiB)
         span = run[-1].compressed_offset + run[-1].compressed_size - run[0].compressed_offset
         assert span > 8 * MiB, f"expected a large run of chunks, found {span} bytes"
-        expected = ChunkReader(reference_store, image.bootstrap.digest_algorithm).read(blob, run)
+        expected = ChunkReader(reference_store, image.bootstrap.digest_algorithm).read(
+            BlobRef(blob), run
+        )
     finally:
         reference_store.close()
 
@@ -355,7 +358,7 @@ def test_a_mirror_killed_during_a_large_range_read(
 
             def read() -> None:
                 try:
-                    result.append(reader.read(blob, run))
+                    result.append(reader.read(BlobRef(blob), run))
                 except BaseException as exc:  # handed to the test thread
                     errors.append(exc)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ketch.image.ketch_image import open_ketch_image
+from ketch.storage.blobs import BlobTable
 from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import ChunkReader
@@ -46,7 +47,7 @@ def test_a_full_cache_disk_is_counted_logged_and_reads_go_on(
     cache = ChunkCache(small_disk, 0, algo)
     reader = CachedChunkReader(ChunkReader(image.store, algo), cache, memory=0)
     chunks = [chunk for _, chunk in image.bootstrap.chunks_for_range(1, 0, len(data))]
-    blob = image.bootstrap.blob(chunks[0].blob).oci_digest
+    blob = BlobTable.of(image.bootstrap)[chunks[0].blob]
     caplog.set_level(logging.WARNING, logger="ketch")
     for _ in range(2):
         assert b"".join(reader.read(blob, chunks)) == data

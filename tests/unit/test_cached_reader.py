@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -20,9 +20,12 @@ from ketch.fs.image_fs import ImageFS
 from ketch.image.ketch_image import open_ketch_image
 from ketch.oci.manifest import Descriptor, Manifest, Platform
 from ketch.storage import cached_reader
+from ketch.storage.blobs import BlobRef
 from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import ChunkReader
+from ketch.image.ketch_image import open_ketch_image
+from ketch.storage.memory import MemoryStore
 from ketch.storage.oci_layout_store import OciLayoutStore
 from ketch.storage.store import ImageStore
 from tests.fixtures import ocilayout as ol
@@ -33,14 +36,14 @@ CHUNK = 4096
 THREADS = 32
 
 
-class CountingStore(ImageStore):
-    """An ImageStore that counts range reads and can hold or fail them."""
+class CountingStore(MemoryStore):
+    """A copy of ``inner``'s image "ketch" in memory, counting range reads, which it can
+    hold or fail."""
 
     def __init__(self, inner: ImageStore) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner.name)
+        self.copy_image_from(inner, "ketch")
         self.ranges: list[tuple[str, int, int]] = []
-        self._lock = threading.Lock()
         #: called before each range read (in the reading thread): may block or raise
         self.before_read: Callable[[], None] = lambda: None
 
@@ -53,36 +56,7 @@ class CountingStore(ImageStore):
         with self._lock:
             self.ranges.append((digest, offset, length))
         self.before_read()
-        return self.inner.read_range(digest, offset, length)
-
-    def blob_size(self, digest: str) -> int:
-        return self.inner.blob_size(digest)
-
-    def open_blob(self, digest: str) -> IO[bytes]:
-        return self.inner.open_blob(digest)
-
-    def read_blob(self, digest: str, max_size: int | None = None) -> bytes:
-        return self.inner.read_blob(digest, max_size)
-
-    def has_blob(self, digest: str) -> bool:
-        return self.inner.has_blob(digest)
-
-    def resolve(
-        self, tag: str, platform: Platform | None = None
-    ) -> tuple[Descriptor, Manifest, bytes]:
-        return self.inner.resolve(tag, platform)
-
-    def scratch_dir(self) -> Path:
-        return self.inner.scratch_dir()
-
-    def push_blob_file(self, path: Path, digest: str) -> None:
-        self.inner.push_blob_file(path, digest)
-
-    def copy_blob_from(self, other: ImageStore, digest: str) -> None:
-        self.inner.copy_blob_from(other, digest)
-
-    def put_manifest(self, data: bytes, media_type: str, tag: str) -> Descriptor:
-        return self.inner.put_manifest(data, media_type, tag)
+        return super().read_range(digest, offset, length)
 
 
 @dataclass
@@ -94,15 +68,14 @@ class Mount:
     store: CountingStore
     cache: ChunkCache | None
 
-    def chunks(self, path: str) -> tuple[str, list[ChunkRecord]]:
+    def chunks(self, path: str) -> tuple[BlobRef, list[ChunkRecord]]:
         """The blob and chunk records of a whole file."""
         ino = self.fs.resolve(path)
         size = self.fs.getattr(ino).size
         pieces = self.fs.bootstrap.chunks_for_range(ino - 1, 0, size)
         blobs = {chunk.blob for _, chunk in pieces}
         assert len(blobs) == 1
-        blob = self.fs.bootstrap.blob(blobs.pop()).oci_digest
-        return blob, [chunk for _, chunk in pieces]
+        return self.fs.blobs[blobs.pop()], [chunk for _, chunk in pieces]
 
     def cat(self, path: str) -> bytes:
         ino = self.fs.resolve(path)
@@ -179,15 +152,19 @@ def test_adjacent_missing_chunks_share_one_range_read(layout: Path, tmp_path: Pa
     assert len(chunks) == 4
     assert cold.reader.read(blob, chunks) == [FOUR[i * CHUNK : (i + 1) * CHUNK] for i in range(4)]
     span = sum(chunk.compressed_size for chunk in chunks)
-    assert cold.store.ranges == [(blob, chunks[0].compressed_offset, span)]
+    assert cold.store.ranges == [(blob.digest, chunks[0].compressed_offset, span)]
     # With the second chunk cached, only the others are fetched: [0] and [2, 3].
     partial = mount(layout, tmp_path / "c2")
     assert partial.cache is not None
     partial.cache.put(chunks[1].digest, FOUR[CHUNK : 2 * CHUNK])
     assert b"".join(partial.reader.read(blob, chunks)) == FOUR
     assert partial.store.ranges == [
-        (blob, chunks[0].compressed_offset, chunks[0].compressed_size),
-        (blob, chunks[2].compressed_offset, chunks[2].compressed_size + chunks[3].compressed_size),
+        (blob.digest, chunks[0].compressed_offset, chunks[0].compressed_size),
+        (
+            blob.digest,
+            chunks[2].compressed_offset,
+            chunks[2].compressed_size + chunks[3].compressed_size,
+        ),
     ]
     stats = partial.reader.stats()
     assert (stats.cache_hits, stats.cache_misses, stats.fetches) == (1, 3, 2)
@@ -272,10 +249,9 @@ def test_integrity_error_spares_the_other_runs(layout: Path, tmp_path: Path) -> 
     blob, chunks = m.chunks("/four")
     assert m.cache is not None
     m.cache.put(chunks[1].digest, FOUR[CHUNK : 2 * CHUNK])
-    blob_path: Path = m.store.inner.layout.blob_path(blob)  # type: ignore[attr-defined]
-    raw = bytearray(blob_path.read_bytes())
+    raw = bytearray(m.store.read_blob(blob.digest))
     raw[chunks[0].compressed_offset] ^= 0xFF
-    blob_path.write_bytes(bytes(raw))
+    m.store.corrupt(blob.digest, bytes(raw))
     with pytest.raises(IntegrityError, match=chunks[0].digest.hex()):
         m.reader.read(blob, chunks)
     # The run after the cached chunk was still fetched, verified and cached.
@@ -357,17 +333,10 @@ def test_a_miss_reads_ahead_the_chunks_that_follow_in_the_blob(
     image = open_ketch_image(store, "ketch")
     algo = image.bootstrap.digest_algorithm
     bootstrap = image.bootstrap
-    digests = [blob.oci_digest for blob in bootstrap.blobs()]
-
-    def blob_chunks(blob: str) -> list[ChunkRecord]:
-        chunks = [c for c in bootstrap.chunks() if digests[c.blob] == blob]
-        return sorted(chunks, key=lambda c: c.compressed_offset)
-
     reader = CachedChunkReader(
         ChunkReader(store, algo),
         ChunkCache(tmp_path / "c", 0, algo),
-        readahead=3 * CHUNK,
-        blob_chunks=blob_chunks,
+        miss_extension=3 * CHUNK,
     )
     fs = ImageFS(bootstrap, reader)
     store.ranges.clear()
@@ -377,16 +346,15 @@ def test_a_miss_reads_ahead_the_chunks_that_follow_in_the_blob(
     # The next chunks came with the first read: no more range reads for them.
     assert fs.read(four, CHUNK, 3 * CHUNK) == FOUR[CHUNK:]
     assert len(store.ranges) == 1
-    # A planned read (readahead=False) fetches exactly its chunks and nothing after them.
+    # A planned read (extend=False) fetches exactly its chunks and nothing after them.
     fresh = CachedChunkReader(
         ChunkReader(store, algo),
         ChunkCache(tmp_path / "c2", 0, algo),
-        readahead=3 * CHUNK,
-        blob_chunks=blob_chunks,
+        miss_extension=3 * CHUNK,
     )
     first = bootstrap.chunks_for_range(four - 1, 0, CHUNK)[0][1]
     store.ranges.clear()
-    assert fresh.read(digests[first.blob], [first], readahead=False)[0] == FOUR[:CHUNK]
+    assert fresh.read(fs.blobs[first.blob], [first], extend=False)[0] == FOUR[:CHUNK]
     assert [length for _, _, length in store.ranges] == [first.compressed_size]
 
 
@@ -432,10 +400,9 @@ def test_prefetch_from_the_cache_is_verified(layout: Path, tmp_path: Path) -> No
 def test_a_corrupt_prefetched_chunk_is_never_served(layout: Path, tmp_path: Path) -> None:
     m = mount(layout, tmp_path / "cache", memory=64 * CHUNK)
     blob, chunks = m.chunks("/four")
-    blob_path: Path = m.store.inner.layout.blob_path(blob)  # type: ignore[attr-defined]
-    raw = bytearray(blob_path.read_bytes())
+    raw = bytearray(m.store.read_blob(blob.digest))
     raw[chunks[1].compressed_offset] ^= 0xFF
-    blob_path.write_bytes(bytes(raw))
+    m.store.corrupt(blob.digest, bytes(raw))
     m.reader.prefetch(blob, chunks[1:2])
     m.reader.flush()
     assert m.reader.read_from_memory(blob, chunks[1:2]) is None
@@ -533,22 +500,14 @@ def test_idle_prefetch_workers_end_and_come_back(
 # -- damaged blobs: narrowed to the bad chunk, read again once (issue 16, defect 1) ----------
 
 
-def readahead_mount(layout: Path, cache_root: Path, store: CountingStore | None = None) -> Mount:
-    """A reader as the daemon builds it: a miss also reads ahead what follows it."""
+def extending_mount(layout: Path, cache_root: Path, store: CountingStore | None = None) -> Mount:
+    """A reader as the daemon builds it: a miss extension brings what follows a miss."""
     store = store or CountingStore(OciLayoutStore.open(layout))
     image = open_ketch_image(store, "ketch")
     bootstrap = image.bootstrap
     algo = bootstrap.digest_algorithm
-    digests = [blob.oci_digest for blob in bootstrap.blobs()]
-
-    def blob_chunks(blob: str) -> list[ChunkRecord]:
-        chunks = [c for c in bootstrap.chunks() if digests[c.blob] == blob]
-        return sorted(chunks, key=lambda c: c.compressed_offset)
-
     cache = ChunkCache(cache_root, 0, algo)
-    reader = CachedChunkReader(
-        ChunkReader(store, algo), cache, readahead=16 * CHUNK, blob_chunks=blob_chunks
-    )
+    reader = CachedChunkReader(ChunkReader(store, algo), cache, miss_extension=16 * CHUNK)
     store.ranges.clear()
     return Mount(ImageFS(bootstrap, reader), reader, store, cache)
 
@@ -556,13 +515,12 @@ def readahead_mount(layout: Path, cache_root: Path, store: CountingStore | None 
 def damage(m: Mount, path: str, *, truncate: bool = False) -> ChunkRecord:
     """Flip a byte of the first chunk of ``path`` in its blob (or cut the blob there)."""
     blob, chunks = m.chunks(path)
-    blob_path: Path = m.store.inner.layout.blob_path(blob)  # type: ignore[attr-defined]
-    raw = bytearray(blob_path.read_bytes())
+    raw = bytearray(m.store.read_blob(blob.digest))
     if truncate:
         del raw[chunks[0].compressed_offset + 1 :]
     else:
         raw[chunks[0].compressed_offset + 1] ^= 0xFF
-    blob_path.write_bytes(bytes(raw))
+    m.store.corrupt(blob.digest, bytes(raw))
     return chunks[0]
 
 
@@ -570,7 +528,7 @@ def damage(m: Mount, path: str, *, truncate: bool = False) -> ChunkRecord:
 def test_a_bad_chunk_read_ahead_fails_only_its_own_readers(tmp_path: Path, truncate: bool) -> None:
     # "a" and "b" are adjacent in the blob: a miss of "a" reads "b" ahead, in one range.
     layout = build(tmp_path, "image", {"a": FOUR, "b": TEXT})
-    m = readahead_mount(layout, tmp_path / "cache")
+    m = extending_mount(layout, tmp_path / "cache")
     bad = damage(m, "/b", truncate=truncate)
     assert m.cat("/a") == FOUR  # the good chunks of the failed range are served
     # The range, then the bad chunk alone, once (a blob cut short: halves down to the
@@ -604,13 +562,13 @@ class FlippingStore(CountingStore):
 
 def test_bytes_damaged_on_the_way_are_read_again_once(tmp_path: Path) -> None:
     layout = build(tmp_path, "image", {"a": FOUR, "b": TEXT})
-    m = readahead_mount(layout, tmp_path / "cache", FlippingStore(OciLayoutStore.open(layout), 1))
+    m = extending_mount(layout, tmp_path / "cache", FlippingStore(OciLayoutStore.open(layout), 1))
     assert m.cat("/a") == FOUR
     assert m.cat("/b") == TEXT
     assert m.reader.reader.verify_failures == 1
     assert len(m.store.ranges) == 2  # one merged range, one chunk read again
     # A chunk damaged on both reads is an error for its readers only.
-    again = readahead_mount(
+    again = extending_mount(
         layout, tmp_path / "cache2", FlippingStore(OciLayoutStore.open(layout), 2)
     )
     with pytest.raises(IntegrityError):

@@ -20,6 +20,7 @@ from ketch.errors import IntegrityError, StorageError
 from ketch.format.records import ChunkRecord
 from ketch.fs.image_fs import Attr, ImageFS
 from ketch.image.ketch_image import open_ketch_image
+from ketch.storage.blobs import BlobRef
 from ketch.storage.oci_layout_store import OciLayoutStore
 from tests.fixtures import ocilayout as ol
 from tests.fixtures.ketch import convert
@@ -31,7 +32,7 @@ class RaisingSource:
     def __init__(self, error: BaseException) -> None:
         self.error = error
 
-    def read(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes]:
+    def read(self, blob: BlobRef, chunks: Sequence[ChunkRecord]) -> list[bytes]:
         raise self.error
 
 

@@ -19,6 +19,8 @@ from ketch.errors import IntegrityError, NotFoundError, StorageError, UsageError
 from ketch.format.codecs import CodecId, ZstdCodec
 from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import ChunkRecord
+from ketch.storage.registry import mirrors as mirrored_store
+from ketch.storage.blobs import BlobRef
 from ketch.storage.chunk_reader import ChunkReader
 from ketch.storage.oci_layout_store import OciLayoutStore
 from ketch.storage.open import open_store
@@ -342,13 +344,13 @@ def test_wrong_chunk_bytes_from_a_mirror_are_never_served() -> None:
     verified: list[bytes] = []
     real_verify = reader.verify
 
-    def counting_verify(blob: str, chunk: ChunkRecord, compressed: bytes | memoryview) -> bytes:
+    def counting_verify(blob: BlobRef, chunk: ChunkRecord, compressed: bytes | memoryview) -> bytes:
         out = real_verify(blob, chunk, compressed)
         verified.append(chunk.digest)
         return out
 
     reader.verify = counting_verify  # type: ignore[method-assign]
-    assert reader.read(digest, records) == parts
+    assert reader.read(BlobRef(digest), records) == parts
     assert _stats(store) == (0, 1, 1, 0)
     # The corrupted first chunk failed before any was accepted; the origin's range then
     # verified each chunk exactly once.
@@ -356,7 +358,7 @@ def test_wrong_chunk_bytes_from_a_mirror_are_never_served() -> None:
     # The origin's wrong bytes are the reader's IntegrityError, as without mirrors.
     origin.mode = "corrupt"
     with pytest.raises(IntegrityError):
-        reader.read(digest, records)
+        reader.read(BlobRef(digest), records)
 
 
 def test_a_mirror_stream_that_lies_raises_at_its_end_and_rests() -> None:
@@ -396,9 +398,9 @@ def test_a_bad_chunk_is_read_again_alone_and_the_rest_of_its_range_served() -> N
     )
     store, _ = _store(origin, mirror)
     reader = ChunkReader(store, DigestAlgorithm.SHA256)
-    results = reader.read_each(digest, records)
+    results = reader.read_each(BlobRef(digest), records)
     assert isinstance(results[0], IntegrityError) and results[1:] == parts[1:]
     assert (mirror.blob_gets(), origin.blob_gets()) == (1, 2)  # the range; then chunk 0 alone
     assert reader.verify_failures == 3  # the mirror's range, the origin's, the origin's again
     with pytest.raises(IntegrityError, match=records[0].digest.hex()):
-        reader.read(digest, records)
+        reader.read(BlobRef(digest), records)

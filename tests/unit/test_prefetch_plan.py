@@ -7,8 +7,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ketch.daemon.prefetch_plan import RangeRead, plan_prefetch
 from ketch.format.records import ChunkRecord
+from ketch.storage.blobs import BlobRef, BlobTable
+from ketch.storage.range_plan import RangeRead, plan_prefetch
 
 BLOBS = ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
 
@@ -30,6 +31,14 @@ def _layout(seed: int) -> dict[str, list[ChunkRecord]]:
     }
 
 
+def _blobs(layout: dict[str, list[ChunkRecord]]) -> list[BlobRef]:
+    return list(
+        BlobTable(
+            [(digest, 0) for digest in BLOBS], lambda: [c for cs in layout.values() for c in cs]
+        ).refs
+    )
+
+
 def _covered(reads: list[RangeRead]) -> list[tuple[int, int]]:
     return [(c.blob, c.compressed_offset) for r in reads for c in r.chunks]
 
@@ -41,7 +50,7 @@ def test_every_listed_chunk_is_read_exactly_once(seed: int, nfiles: int) -> None
     rng = random.Random(seed)
     everything = [c for chunks in layout.values() for c in chunks]
     files = [rng.sample(everything, rng.randint(1, 4)) for _ in range(nfiles)]
-    reads = plan_prefetch(files, BLOBS, layout.__getitem__, max_request=2 << 20, gap=256 << 10)
+    reads = plan_prefetch(files, _blobs(layout), max_request=2 << 20, gap=256 << 10)
     covered = _covered(reads)
     assert len(covered) == len(set(covered))  # nothing read twice
     listed = {(c.blob, c.compressed_offset) for f in files for c in f}
@@ -54,7 +63,7 @@ def test_every_listed_chunk_is_read_exactly_once(seed: int, nfiles: int) -> None
             assert a.compressed_offset + a.compressed_size == b.compressed_offset
         # Bounded, unless one chunk alone is bigger than the limit.
         assert read.span <= 2 << 20 or len(read.chunks) == 1
-        assert all(layout[read.blob][0].blob == c.blob for c in read.chunks)
+        assert all(layout[read.blob.digest][0].blob == c.blob for c in read.chunks)
 
 
 def test_the_first_file_comes_first_in_a_small_read() -> None:
@@ -62,7 +71,7 @@ def test_the_first_file_comes_first_in_a_small_read() -> None:
     chunks = layout[BLOBS[0]]
     # The first file sits at the end of the blob, the rest before it.
     files = [[chunks[190]], *[[chunks[i]] for i in range(0, 150, 3)]]
-    reads = plan_prefetch(files, BLOBS, layout.__getitem__, first_batch=64 << 10)
+    reads = plan_prefetch(files, _blobs(layout), first_batch=64 << 10)
     assert reads[0].chunks == [chunks[190]]  # alone: the batch was full after one file
     # Later batches are bigger; the unlisted chunks between listed ones are read too.
     assert len(reads) < len(files)
@@ -72,7 +81,7 @@ def test_the_first_file_comes_first_in_a_small_read() -> None:
 def test_a_gap_wider_than_the_limit_splits_the_read() -> None:
     layout = {BLOBS[0]: _blob(0, [64 << 10] * 40)}
     chunks = layout[BLOBS[0]]
-    reads = plan_prefetch([[chunks[0], chunks[2], chunks[30]]], BLOBS, layout.__getitem__)
+    reads = plan_prefetch([[chunks[0], chunks[2], chunks[30]]], _blobs(layout))
     assert [[c.compressed_offset for c in r.chunks] for r in reads] == [
         [0, 64 << 10, 128 << 10],
         [30 * (64 << 10)],

@@ -27,10 +27,7 @@ def layout(tmp_path: Path) -> Path:
 
 def _reader(layout: Path, window: int) -> tuple[WindowedChunkReader, ImageFS]:
     image = open_image(layout)
-    sizes = {blob.oci_digest: blob.size for blob in image.bootstrap.blobs()}
-    reader = WindowedChunkReader(
-        image.store, image.bootstrap.digest_algorithm, sizes, window=window
-    )
+    reader = WindowedChunkReader(image.store, image.bootstrap.digest_algorithm, window=window)
     return reader, ImageFS(image.bootstrap, reader)
 
 

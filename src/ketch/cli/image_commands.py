@@ -28,11 +28,7 @@ def open_image(reference: str, options: StoreOptions) -> KetchImage:
 
 def cmd_unpack(args: argparse.Namespace) -> int:
     image = open_image(args.image, store_options(args, args.config_values))
-    reader = WindowedChunkReader(
-        image.store,
-        image.bootstrap.digest_algorithm,
-        {blob.oci_digest: blob.size for blob in image.bootstrap.blobs()},
-    )
+    reader = WindowedChunkReader(image.store, image.bootstrap.digest_algorithm)
     fs = ImageFS(image.bootstrap, reader)
     total = image_summary(image)["bytes"]
     with make_progress(enabled=None if not args.json else False) as progress:

@@ -3,8 +3,8 @@
 Metadata comes from the mmapped bootstrap and is answered on the event loop (a few
 record reads). File reads may fetch, decompress and verify chunks, so they run in worker
 threads and never block the loop, unless every chunk they need is already in the reader's
-memory (verified when it got there, typically read ahead): those are answered on the
-loop. The image is immutable: entries and attributes are cached by the kernel for a day,
+memory (verified when it got there, typically by sequential prefetch): those are
+answered on the loop. The image is immutable: entries and attributes are cached by the kernel for a day,
 and the page cache is kept across opens.
 """
 
@@ -194,7 +194,7 @@ class KetchOperations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         started = time.monotonic()
         try:
-            # Chunks already in memory (read ahead, or just read) are served on the loop:
+            # Chunks already in memory (prefetched, or just read) are served on the loop:
             # no I/O, no hashing, and no hop to a worker thread, which costs more than
             # the copy. Everything else is fetched, decompressed and verified in a thread.
             data = self.fs.read_from_memory(fh, off, size)

@@ -78,17 +78,24 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.backend_read_bytes = Counter(
-            "ketch_backend_read_bytes_total", "Bytes read from the storage backend"
+            "ketch_backend_read_bytes_total",
+            "Bytes read from the storage backend (miss extensions and prefetches included)",
         )
         self.cache_hits = Counter("ketch_cache_hits_total", "Chunks served from the chunk cache")
-        self.cache_misses = Counter("ketch_cache_misses_total", "Chunks fetched from the backend")
+        self.cache_misses = Counter(
+            "ketch_cache_misses_total",
+            "Chunks fetched from the backend (not those a miss extension brought along)",
+        )
         self.verify_failures = Counter(
             "ketch_chunk_verify_failures_total",
             "Chunk checks that failed (bytes that did not match their digest, from any source)",
         )
         self.read_bytes = Counter("ketch_read_bytes_total", "Bytes returned to readers")
         self.read_errors = Counter("ketch_read_errors_total", "Reads answered with an error")
-        self.prefetch_bytes = Counter("ketch_prefetch_bytes_total", "Bytes of files prefetched")
+        self.prefetch_bytes = Counter(
+            "ketch_prefetch_bytes_total",
+            "Bytes of the files of the prefetch list (or table) fetched after mount",
+        )
         self.mirror_reads = Counter("ketch_mirror_reads_total", "Blob reads served by a mirror")
         self.origin_fallbacks = Counter(
             "ketch_origin_fallbacks_total",

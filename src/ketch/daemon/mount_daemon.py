@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -27,7 +28,6 @@ from ketch.daemon.api import ApiServer, json_route
 from ketch.daemon.fuse_ops import KetchOperations
 from ketch.daemon.launcher import Ready, signal_ready
 from ketch.daemon.metrics import Counter, Metrics
-from ketch.daemon.prefetch_plan import RangeRead, plan_prefetch
 from ketch.daemon.process import log_to, setup_logging
 from ketch.daemon.state import (
     MountRecord,
@@ -52,16 +52,17 @@ from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import DEFAULT_MAX_MERGE, ChunkReader
 from ketch.storage.open import open_store
+from ketch.storage.range_plan import RangeRead, plan_prefetch
 
 log = logging.getLogger("ketch.daemon")
 
 _PREFETCH_THREADS = 4  # range reads in flight at once
-READAHEAD_KB = 1024
-# Bytes of the blob after a missed chunk fetched in the same range read.
+KERNEL_READAHEAD_KB = 1024
+# Miss extension: bytes of the blob after a missed chunk fetched in the same range read.
 # 192 KiB measured best for py2's cold start at 200 Mbit/s (2.4 s against 2.8 s with
 # 512 KiB, 3.0 s with none), and as good as any at 1 Gbit/s: more bytes per miss cost
 # link time, fewer cost round trips.
-DEFAULT_READAHEAD = 192 << 10
+DEFAULT_MISS_EXTENSION = 192 << 10
 
 
 class _Daemon:
@@ -74,33 +75,16 @@ class _Daemon:
         self.cache = ChunkCache(
             config.cache_dir / "chunks", config.cache_size, algo, scan_in_background=True
         )
-        self._chunks_by_blob: dict[str, list[ChunkRecord]] | None = None
-        self._chunks_lock = threading.Lock()
         self.reader = CachedChunkReader(
             ChunkReader(image.store, algo, max_merge=DEFAULT_MAX_MERGE),
             self.cache,
             write_behind=True,
-            readahead=DEFAULT_READAHEAD,
-            blob_chunks=self.blob_chunks,
+            miss_extension=DEFAULT_MISS_EXTENSION,
         )
         self.fs = ImageFS(image.bootstrap, self.reader)
         self.trace = AccessTrace(self.fs.paths_of)
         self.ops = KetchOperations(self.fs, self.metrics, self.trace)
         self.api_sock = config.api_sock or default_api_sock(mountpoint)
-
-    def blob_chunks(self, blob: str) -> list[ChunkRecord]:
-        """The image's chunks in ``blob``, by offset: built on the first miss, not at mount."""
-        with self._chunks_lock:
-            if self._chunks_by_blob is None:
-                bootstrap = self.image.bootstrap
-                digests = [record.oci_digest for record in bootstrap.blobs()]
-                grouped: dict[str, list[ChunkRecord]] = {digest: [] for digest in digests}
-                for chunk in bootstrap.chunks():
-                    grouped[digests[chunk.blob]].append(chunk)
-                for chunks in grouped.values():
-                    chunks.sort(key=lambda chunk: chunk.compressed_offset)
-                self._chunks_by_blob = grouped
-            return self._chunks_by_blob.get(blob, [])
 
     def daemon_info(self) -> dict[str, object]:
         bootstrap = self.image.bootstrap
@@ -167,8 +151,7 @@ class _Daemon:
                 log.warning("prefetch skipped path=%s error=%r", where, exc.message)
                 continue
             file_bytes += size
-        digests = [record.oci_digest for record in bootstrap.blobs()]
-        reads = plan_prefetch(files, digests, self.blob_chunks)
+        reads = plan_prefetch(files, self.fs.blobs.refs)
         with ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="prefetch") as pool:
             for _ in pool.map(self._prefetch_read, reads):
                 pass
@@ -182,7 +165,7 @@ class _Daemon:
 
     def _prefetch_read(self, read: RangeRead) -> None:
         try:
-            self.reader.read(read.blob, read.chunks, readahead=False)  # planned exactly
+            self.reader.read(read.blob, read.chunks, extend=False)  # planned exactly
         except KetchError as exc:  # the reader that needs these chunks will say it
             log.warning("prefetch read failed error=%r", exc.message)
 
@@ -203,7 +186,7 @@ class _Daemon:
         """Ready once a stat of the mountpoint is answered by this very daemon: FUSE's
         INIT is done, and the mount is usable by whoever waits for us."""
         await trio.to_thread.run_sync(os.stat, self.mountpoint)
-        set_readahead(self.mountpoint)
+        set_kernel_readahead(self.mountpoint)
         ready()
 
     async def _signals(self, scope: trio.CancelScope) -> None:
@@ -228,15 +211,15 @@ def _check_mountpoint(mountpoint: Path) -> None:
         remove_record(mountpoint)  # left by a daemon that died
 
 
-def set_readahead(mountpoint: Path) -> None:
+def set_kernel_readahead(mountpoint: Path) -> None:
     """Let the kernel read ahead one chunk instead of 128 KiB: sequential readers then
     ask for whole chunks, an eighth of the requests for the same bytes. Set once FUSE's
     INIT is answered: INIT caps the readahead at the kernel's proposal, 128 KiB."""
     device = mount_device(mountpoint)
     try:
-        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(READAHEAD_KB))
+        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(KERNEL_READAHEAD_KB))
     except OSError as exc:
-        log.warning("readahead not set device=%s error=%r", device, exc.strerror)
+        log.warning("kernel readahead not set device=%s error=%r", device, exc.strerror)
 
 
 def serve_config(config: DaemonConfig, ready_fd: int | None) -> int:

@@ -3,13 +3,16 @@
 Defined once, here; the FUSE daemon and ``ketch unpack`` are thin users of it. Inode
 numbers are bootstrap inode indexes plus one (FUSE's root is 1), so hardlinks share one.
 
-Sequential reads are read ahead: when a file is read in order (from its start, or near
-where the last reads of it ended), the chunks of the next ``read_ahead`` bytes are handed
+Sequential prefetch: when a file is read in order (from its start, or near where the
+last reads of it ended), the chunks of the next ``sequential_prefetch`` bytes are handed
 to the chunk source's ``prefetch`` (when it has one), which obtains them in the
 background, so cache files are read, and chunks decompressed and verified, while the
 reader is still busy with the bytes before them. The window starts at twice what the
-reader has read so far, like the kernel's own readahead, so a program that reads only a
-file's header does not pull in megabytes behind it.
+reader has read so far, like kernel readahead, so a program that reads only a file's
+header does not pull in megabytes behind it.
+
+Chunks are handed to the source with their blob's one handle (``BlobRef``, from the
+image's ``BlobTable``).
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from ketch.errors import KetchError, NotFoundError
 from ketch.format.bootstrap import ROOT_INODE, Bootstrap
 from ketch.format.records import ChunkRecord
 from ketch.fs.path_names import paths_of
+from ketch.storage.blobs import BlobTable
 from ketch.storage.chunk_reader import ChunkSource, PrefetchingSource
 
 ROOT_INO = ROOT_INODE + 1
 _DIR_SIZE = 4096
 #: bytes of a sequentially read file whose chunks are prefetched ahead of the reader
-DEFAULT_READ_AHEAD = 16 << 20
+DEFAULT_SEQUENTIAL_PREFETCH = 16 << 20
 _STREAMS = 256  # files whose read position is remembered (least recently read dropped)
 
 
@@ -52,12 +56,17 @@ class Attr:
 
 class ImageFS:
     def __init__(
-        self, bootstrap: Bootstrap, reader: ChunkSource, *, read_ahead: int = DEFAULT_READ_AHEAD
+        self,
+        bootstrap: Bootstrap,
+        reader: ChunkSource,
+        *,
+        sequential_prefetch: int = DEFAULT_SEQUENTIAL_PREFETCH,
     ) -> None:
         self.bootstrap = bootstrap
+        self.blobs = BlobTable.of(bootstrap)
         self.reader = reader
         self._prefetcher = reader if isinstance(reader, PrefetchingSource) else None
-        self._read_ahead = read_ahead if self._prefetcher is not None else 0
+        self._sequential_prefetch = sequential_prefetch if self._prefetcher is not None else 0
         # inode -> (end of the furthest read, bytes read in order so far)
         self._streams: OrderedDict[int, tuple[int, int]] = OrderedDict()
         self._streams_lock = threading.Lock()
@@ -140,9 +149,9 @@ class ImageFS:
         fetched = self._from_memory(pieces) if memory_only else list(self._fetch(pieces))
         if fetched is None:
             return None
-        # After the fetch: a miss has read ahead in the blob already, and the prefetch
-        # then skips what that brought.
-        if self._read_ahead and end < record.size:
+        # After the fetch: a miss extension has brought chunks that follow in the blob
+        # already, and the prefetch then skips them.
+        if self._sequential_prefetch and end < record.size:
             self._prefetch_after(ino, index, offset, end, record.size)
         parts: list[bytes | memoryview] = []
         for file_offset, data in fetched:
@@ -159,23 +168,25 @@ class ImageFS:
             stream = self._streams.pop(ino, None)
             furthest, streak = stream if stream is not None else (0, 0)
             # In order: from the start, or near the furthest read of the file (the
-            # kernel's readahead sends several requests at once, which may arrive out of
+            # kernel readahead sends several requests at once, which may arrive out of
             # order).
-            if offset == 0 or (stream is not None and abs(offset - furthest) <= self._read_ahead):
+            if offset == 0 or (
+                stream is not None and abs(offset - furthest) <= self._sequential_prefetch
+            ):
                 streak += end - offset
             else:
-                streak = 0  # a seek: no read ahead until it reads on in order
+                streak = 0  # a seek: no prefetch until it reads on in order
             furthest = max(furthest, end) if streak else end
             self._streams[ino] = (furthest, streak)
             if len(self._streams) > _STREAMS:
                 self._streams.popitem(last=False)
-        ahead = min(self._read_ahead, 2 * streak, size - end)
+        ahead = min(self._sequential_prefetch, 2 * streak, size - end)
         if ahead <= 0 or self._prefetcher is None:
             return
         try:
             pieces = self.bootstrap.chunks_for_range(index, end, ahead)
             for blob_index, group in itertools.groupby(pieces, key=lambda piece: piece[1].blob):
-                blob = self.bootstrap.blob(blob_index).oci_digest
+                blob = self.blobs[blob_index]
                 self._prefetcher.prefetch(blob, [chunk for _, chunk in group])
         except KetchError:
             return  # a hint only: the read itself reports any error
@@ -187,7 +198,7 @@ class ImageFS:
         out: list[tuple[int, bytes]] = []
         for blob_index, group in itertools.groupby(pieces, key=lambda piece: piece[1].blob):
             run = list(group)
-            blob = self.bootstrap.blob(blob_index).oci_digest
+            blob = self.blobs[blob_index]
             datas = self._prefetcher.read_from_memory(blob, [chunk for _, chunk in run])
             if datas is None:
                 return None
@@ -198,6 +209,6 @@ class ImageFS:
         """Fetch a file range's chunks, one merged read per run within a blob."""
         for blob_index, group in itertools.groupby(pieces, key=lambda piece: piece[1].blob):
             run = list(group)
-            blob = self.bootstrap.blob(blob_index).oci_digest
+            blob = self.blobs[blob_index]
             datas = self.reader.read(blob, [chunk for _, chunk in run])
             yield from zip((offset for offset, _ in run), datas, strict=True)

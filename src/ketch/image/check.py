@@ -15,7 +15,10 @@ from ketch.format.blob import read_blob_table
 from ketch.format.bootstrap_verify import verify_bootstrap
 from ketch.format.records import BlobChunkEntry, ChunkRecord
 from ketch.image.ketch_image import KetchImage
-from ketch.storage.chunk_reader import ChunkReader, merge_ranges
+from ketch.storage.chunk_reader import ChunkReader
+from ketch.storage.blobs import BlobRef
+from ketch.storage.chunk_reader import ChunkReader
+from ketch.storage.range_plan import merge_ranges
 
 _BATCH = 16 << 20
 
@@ -67,14 +70,15 @@ def check_image(image: KetchImage, on_bytes: Callable[[int], None] = lambda _: N
             )
             for e in entries
         ]
+        ref = BlobRef(digest, index, size)
         for group in merge_ranges(records, _BATCH):
             try:
-                reader.read(digest, group)
+                reader.read(ref, group)
             except KetchError:
                 # Re-read one by one to name every bad chunk, not just the first.
                 for chunk in group:
                     try:
-                        reader.read(digest, [chunk])
+                        reader.read(ref, [chunk])
                     except KetchError as exc:
                         report.problems.append(exc.message)
             report.chunks += len(group)

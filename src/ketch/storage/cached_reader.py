@@ -8,7 +8,9 @@ The FUSE daemon reads through this from many worker threads at once. For one
    its result (single-flight), so 32 readers of one cold chunk cost one backend read;
 2. the leader serves its claims from the cache where it can (the cache verifies);
 3. the rest are fetched in blob order, adjacent chunks merged into one range read
-   (``merge_ranges``, the same rule ``ChunkReader`` uses), decompressed and verified;
+   (``range_plan.merge_ranges``, the same rule ``ChunkReader`` uses), with the *miss
+   extension* (``range_plan.miss_extension``: the uncached chunks that follow a missed
+   one in the blob), decompressed and verified;
 4. waiters are released with the bytes, the cache is filled, and only then is the
    flight forgotten, so a thread arriving later finds the chunk in the cache rather
    than fetching it again.
@@ -19,10 +21,10 @@ chunk reader narrows a merged range that fails its check (``ChunkReader.read_eac
 chunks that verified are served, each bad one is read once more alone, from the next
 source where there are mirrors), so only the flight of a chunk that failed twice fails,
 and the other chunks of its range and the other merged runs are still served. A chunk
-read ahead has no flight (nobody asked for it): a bad one is dropped, a good one goes to
-the memory tier and the cache. Any other error (blob not found, backend down) concerns
-the whole blob and ends the read. Nothing here raises past ``read`` except the errors
-of the flights it waits on.
+brought by a miss extension has no flight (nobody asked for it): a bad one is dropped, a
+good one goes to the memory tier and the cache. Any other error (blob not found, backend
+down) concerns the whole blob and ends the read. Nothing here raises past ``read``
+except the errors of the flights it waits on.
 
 Deadlock freedom: a thread resolves every flight it leads before it waits on anyone
 else's, and a leader never waits, so no cycle of waiting threads can form. (Reading a
@@ -32,34 +34,36 @@ flight.)
 Memory: nothing is kept after ``read`` returns; a flight holds its bytes only until its
 waiters have them and the cache has them.
 
-Prefetch: ``prefetch(blob, chunks)`` claims flights for chunks a reader is about to want
-(the filesystem view calls it for the rest of a file read sequentially) and resolves them
-on a few worker threads: cache files are read and verified, or missing chunks fetched,
-decompressed and verified, several at once and ahead of the reader, who then joins the
-flight or finds the chunk in the memory tier. A prefetch worker is a leader like any
-other, so the deadlock argument holds; the bytes of claimed-but-unfinished prefetches are
-capped (``prefetch_budget``) and finished ones live in the memory tier, so memory stays
-bounded however many files are read at once. A prefetch that fails hands its error to
-whoever joined it (as any flight does) and is otherwise forgotten: a later read retries.
+Sequential prefetch: ``prefetch(blob, chunks)`` claims flights for chunks a reader is
+about to want (the filesystem view calls it for the rest of a file read sequentially)
+and resolves them on a few worker threads: cache files are read and verified, or missing
+chunks fetched, decompressed and verified, several at once and ahead of the reader, who
+then joins the flight or finds the chunk in the memory tier. A prefetch worker is a
+leader like any other, so the deadlock argument holds; the bytes of claimed-but-
+unfinished prefetches are capped (``prefetch_budget``) and finished ones live in the
+memory tier, so memory stays bounded however many files are read at once. A prefetch
+that fails hands its error to whoever joined it (as any flight does) and is otherwise
+forgotten: a later read retries.
 """
 
 from __future__ import annotations
 
-import bisect
 import copy
 import logging
 import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
 from ketch.errors import IntegrityError
 from ketch.format.records import ChunkRecord
+from ketch.storage.blobs import BlobRef
 from ketch.storage.chunk_cache import ChunkCache
-from ketch.storage.chunk_reader import ChunkReader, merge_ranges
+from ketch.storage.chunk_reader import ChunkReader
+from ketch.storage.range_plan import merge_ranges, miss_extension, span
 from ketch.storage.write_behind import WriteBehind
 
 log = logging.getLogger("ketch.storage")
@@ -170,19 +174,18 @@ class CachedChunkReader:
         *,
         memory: int = DEFAULT_MEMORY,
         write_behind: bool = False,
-        readahead: int = 0,
-        blob_chunks: Callable[[str], Sequence[ChunkRecord]] | None = None,
+        miss_extension: int = 0,
         prefetch_threads: int = DEFAULT_PREFETCH_THREADS,
         prefetch_budget: int = DEFAULT_PREFETCH_BUDGET,
     ) -> None:
         """``write_behind``: fill the cache from a background thread, so that a reader
         gets its bytes without waiting for the cache file to be written (the daemon).
 
-        ``readahead``: on a miss, also fetch the chunks that follow it in the blob, up to
-        this many bytes, in the same range read. Blobs are laid out in tree order, so
-        they are mostly the files a program opens next (its other modules, the rest of
-        a directory): one request instead of many small ones on a slow link.
-        ``blob_chunks`` lists a blob's chunks sorted by offset (from the bootstrap).
+        ``miss_extension``: on a miss, also fetch the chunks that follow it in the blob
+        (``BlobRef.chunks``), up to this many bytes, in the same range read. Blobs are
+        laid out in tree order, so they are mostly the files a program opens next (its
+        other modules, the rest of a directory): one request instead of many small ones
+        on a slow link.
 
         ``prefetch_threads``: workers for ``prefetch`` (0: ``prefetch`` does nothing;
         so it does without a memory tier, where prefetched chunks would be dropped)."""
@@ -202,9 +205,7 @@ class CachedChunkReader:
         self._backend_bytes = 0
         self._memory_hits = 0
         self._recent = _RecentChunks(memory)
-        self._readahead = readahead if blob_chunks is not None else 0
-        self._blob_chunks = blob_chunks
-        self._offsets: dict[str, list[int]] = {}
+        self._miss_extension = miss_extension
         self._writes: WriteBehind | None = None
         if write_behind and cache is not None:
             self._writes = WriteBehind(cache.put, _WRITE_BEHIND_BYTES)
@@ -236,7 +237,7 @@ class CachedChunkReader:
 
     # -- prefetch -------------------------------------------------------------------------
 
-    def prefetch(self, blob: str, chunks: Sequence[ChunkRecord]) -> None:
+    def prefetch(self, blob: BlobRef, chunks: Sequence[ChunkRecord]) -> None:
         """Start obtaining ``chunks`` (all in ``blob``) in the background, in order; never
         blocks. Chunks already in memory or in flight are skipped, and what does not fit
         the prefetch budget is left for the reader to fetch itself."""
@@ -281,7 +282,7 @@ class CachedChunkReader:
         if local and self.cache is not None:
             self.cache.advise(local)  # the disk reads them all at once, ahead of the workers
 
-    def read_from_memory(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes] | None:
+    def read_from_memory(self, blob: BlobRef, chunks: Sequence[ChunkRecord]) -> list[bytes] | None:
         """The bytes of ``chunks`` if every one is in the memory tier (verified when it
         was obtained), else None: no I/O, no hashing, never blocks on another thread."""
         found: list[bytes] = []
@@ -309,7 +310,7 @@ class CachedChunkReader:
                 self._lead(task.blob, task.chunks, flights)
             except Exception as exc:
                 # The flights carry the error to anyone who joined them.
-                log.debug("prefetch failed blob=%s error=%r", task.blob, exc)
+                log.debug("prefetch failed blob=%s error=%r", task.blob.digest, exc)
             finally:
                 try:
                     self._land(flights)
@@ -356,10 +357,10 @@ class CachedChunkReader:
     # -- the read path --------------------------------------------------------------------
 
     def read(
-        self, blob: str, chunks: Sequence[ChunkRecord], *, readahead: bool = True
+        self, blob: BlobRef, chunks: Sequence[ChunkRecord], *, extend: bool = True
     ) -> list[bytes]:
         """The verified bytes of ``chunks`` (all in ``blob``), in the order given.
-        ``readahead=False``: fetch exactly these (a planned prefetch read)."""
+        ``extend=False``: fetch exactly these, no miss extension (a planned read)."""
         found: dict[bytes, bytes] = {}
         wanted: dict[bytes, ChunkRecord] = {}
         for chunk in chunks:
@@ -386,7 +387,7 @@ class CachedChunkReader:
                     joined[digest] = flight
             self._joined += len(joined)
         try:
-            self._lead(blob, [wanted[digest] for digest in led], led, readahead=readahead)
+            self._lead(blob, [wanted[digest] for digest in led], led, extend=extend)
         finally:
             self._land(led)
         for digest, flight in led.items():
@@ -400,11 +401,11 @@ class CachedChunkReader:
 
     def _lead(
         self,
-        blob: str,
+        blob: BlobRef,
         chunks: list[ChunkRecord],
         flights: dict[bytes, _Flight],
         *,
-        readahead: bool = True,
+        extend: bool = True,
     ) -> None:
         """Resolve or fail every flight in ``flights``; raises nothing of its own except
         through the flights (their errors are re-raised by ``read``)."""
@@ -423,8 +424,8 @@ class CachedChunkReader:
                 self._cache_misses += len(missing)
             # Blob order, so chunks adjacent in the blob merge whatever the file order.
             missing.sort(key=lambda chunk: chunk.compressed_offset)
-            if missing and self._readahead and readahead:
-                missing = self._with_readahead(blob, missing)
+            if missing and self._miss_extension and extend:
+                missing = miss_extension(blob, missing, self._miss_extension, self._known)
             for group in merge_ranges(missing, self.reader.max_merge):
                 if self._fetch(blob, group, flights):
                     continue
@@ -433,21 +434,22 @@ class CachedChunkReader:
             _fail_unresolved(flights, exc)
             raise
 
-    def _fetch(self, blob: str, group: list[ChunkRecord], flights: dict[bytes, _Flight]) -> bool:
+    def _fetch(
+        self, blob: BlobRef, group: list[ChunkRecord], flights: dict[bytes, _Flight]
+    ) -> bool:
         """One merged range read; False if its error concerns the whole blob."""
-        span = group[-1].compressed_offset + group[-1].compressed_size - group[0].compressed_offset
         with self._lock:
             self._fetches += 1
-            self._backend_bytes += span
+            self._backend_bytes += span(group)
         try:
             results = self.reader.read_each(blob, group)
         except BaseException as exc:
             _fail_unresolved(flights, exc)
             return False
         for chunk, result in zip(group, results, strict=True):
-            # Only flights this thread leads are in ``flights``: a chunk read ahead has
-            # none (nobody waits for it yet), and one named twice in the range is
-            # resolved by its first appearance.
+            # Only flights this thread leads are in ``flights``: a chunk of the miss
+            # extension has none (nobody waits for it yet), and one named twice in the
+            # range is resolved by its first appearance.
             flight = flights.get(chunk.digest)
             if flight is not None and flight.done.is_set():
                 continue
@@ -461,35 +463,15 @@ class CachedChunkReader:
                 self._store(chunk.digest, result)
         return True
 
-    def _with_readahead(self, blob: str, missing: list[ChunkRecord]) -> list[ChunkRecord]:
-        """``missing`` (sorted by offset) plus the uncached chunks that follow each of
-        them in the blob, within the readahead budget, sorted by offset."""
-        if self._blob_chunks is None:
-            return missing
-        ordered = self._blob_chunks(blob)
-        offsets = self._offsets.get(blob)
-        if offsets is None:
-            offsets = self._offsets[blob] = [chunk.compressed_offset for chunk in ordered]
-        wanted = {chunk.compressed_offset: chunk for chunk in missing}
-        for chunk in missing:
-            limit = chunk.compressed_offset + chunk.compressed_size + self._readahead
-            position = bisect.bisect_right(offsets, chunk.compressed_offset)
-            while position < len(ordered):
-                follower = ordered[position]
-                position += 1
-                if follower.compressed_offset + follower.compressed_size > limit:
-                    break  # only whole chunks within the budget
-                if follower.compressed_offset in wanted:
-                    continue
-                with self._lock:
-                    if follower.digest in self._flights:
-                        break  # being fetched (prefetched, say): the rest likely too
-                if self._recent.get(follower.digest) is not None or (
-                    self.cache is not None and self.cache.probably_has(follower.digest)
-                ):
-                    break  # the rest is likely there too: stop at the first known chunk
-                wanted[follower.compressed_offset] = follower
-        return sorted(wanted.values(), key=lambda chunk: chunk.compressed_offset)
+    def _known(self, chunk: ChunkRecord) -> bool:
+        """``chunk`` is being fetched (prefetched, say), in memory, or probably cached:
+        where a miss extension stops, as the chunks after it are likely there too."""
+        with self._lock:
+            if chunk.digest in self._flights:
+                return True
+        if self._recent.get(chunk.digest) is not None:
+            return True
+        return self.cache is not None and self.cache.probably_has(chunk.digest)
 
     def _land(self, flights: dict[bytes, _Flight]) -> None:
         """Fill the cache with what was fetched, then forget the flights.
@@ -520,7 +502,7 @@ class _Prefetch:
     """Chunks of one blob a prefetch worker resolves, with the flights claimed for them
     (shared by the tasks of one ``prefetch`` call; each task resolves its own)."""
 
-    blob: str
+    blob: BlobRef
     chunks: list[ChunkRecord]
     flights: dict[bytes, _Flight]
 

@@ -1,10 +1,10 @@
 """Fetch chunks from a store, decompress them and verify each against its digest.
 
-Adjacent chunks of one blob are fetched with one range read (up to ``max_merge``
-bytes), through ``ImageStore.read_range_verified`` with a check that decompresses and
-verifies the chunks of that range, so a store with mirrors can try another source when
-one sends wrong bytes. A chunk whose bytes do not match its digest raises IntegrityError
-naming blob, offset and digests; wrong bytes are never returned.
+Adjacent chunks of one blob are fetched with one range read (up to ``max_merge`` bytes,
+``range_plan.merge_ranges``), through ``BlobReader.read_range_verified`` with a check
+that decompresses and verifies the chunks of that range, so a store with mirrors can try
+another source when one sends wrong bytes. A chunk whose bytes do not match its digest
+raises IntegrityError naming blob, offset and digests; wrong bytes are never returned.
 
 A merged range that fails its check is narrowed (``read_each``): the chunks of it that
 verified are kept, and each bad chunk is read once more on its own (a store with mirrors
@@ -24,7 +24,9 @@ from ketch.errors import IntegrityError
 from ketch.format.codecs import decoder
 from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import ChunkRecord
-from ketch.storage.store import ImageStore
+from ketch.storage.blobs import BlobRef
+from ketch.storage.range_plan import merge_ranges
+from ketch.storage.store import BlobReader
 
 DEFAULT_MAX_MERGE = 8 << 20
 
@@ -35,7 +37,7 @@ class ChunkSource(Protocol):
     """What the filesystem view reads chunks through: a plain ChunkReader, or one with
     a cache in front of it."""
 
-    def read(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes]:
+    def read(self, blob: BlobRef, chunks: Sequence[ChunkRecord]) -> list[bytes]:
         """The verified bytes of ``chunks`` (all in ``blob``), in the order given."""
         ...
 
@@ -46,18 +48,18 @@ class PrefetchingSource(ChunkSource, Protocol):
     serve those it holds in memory without blocking (the FUSE adapter does so on its
     event loop)."""
 
-    def prefetch(self, blob: str, chunks: Sequence[ChunkRecord]) -> None:
+    def prefetch(self, blob: BlobRef, chunks: Sequence[ChunkRecord]) -> None:
         """Start obtaining ``chunks`` (all in ``blob``); never blocks, never raises."""
         ...
 
-    def read_from_memory(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes] | None:
+    def read_from_memory(self, blob: BlobRef, chunks: Sequence[ChunkRecord]) -> list[bytes] | None:
         """The verified bytes of ``chunks`` if all are in memory, else None; no I/O."""
         ...
 
 
 class ChunkReader:
     def __init__(
-        self, store: ImageStore, algo: DigestAlgorithm, *, max_merge: int = DEFAULT_MAX_MERGE
+        self, store: BlobReader, algo: DigestAlgorithm, *, max_merge: int = DEFAULT_MAX_MERGE
     ) -> None:
         self.store = store
         self.algo = algo
@@ -71,7 +73,7 @@ class ChunkReader:
         with self._lock:
             return self._verify_failures
 
-    def verify(self, blob: str, chunk: ChunkRecord, compressed: bytes | memoryview) -> bytes:
+    def verify(self, blob: BlobRef, chunk: ChunkRecord, compressed: bytes | memoryview) -> bytes:
         """Decompress and check one chunk's bytes."""
         try:
             return self._verify(blob, chunk, compressed)
@@ -80,22 +82,23 @@ class ChunkReader:
                 self._verify_failures += 1
             raise
 
-    def _verify(self, blob: str, chunk: ChunkRecord, compressed: bytes | memoryview) -> bytes:
+    def _verify(self, blob: BlobRef, chunk: ChunkRecord, compressed: bytes | memoryview) -> bytes:
         try:
             data = decoder(chunk.codec).decompress(compressed, chunk.uncompressed_size)
         except IntegrityError as exc:
             raise IntegrityError(
-                f"blob {blob} chunk at {chunk.compressed_offset} ({chunk.digest.hex()}): {exc}"
+                f"blob {blob.digest} chunk at {chunk.compressed_offset} "
+                f"({chunk.digest.hex()}): {exc}"
             ) from None
         found = self.algo.digest(data)
         if found != chunk.digest:
             raise IntegrityError(
-                f"blob {blob} chunk at {chunk.compressed_offset}: digest: "
+                f"blob {blob.digest} chunk at {chunk.compressed_offset}: digest: "
                 f"expected {chunk.digest.hex()}, found {found.hex()}"
             )
         return data
 
-    def read(self, blob: str, chunks: Sequence[ChunkRecord]) -> list[bytes]:
+    def read(self, blob: BlobRef, chunks: Sequence[ChunkRecord]) -> list[bytes]:
         """The verified bytes of ``chunks`` (all in ``blob``), in the order given; the
         first chunk that cannot be verified raises its IntegrityError."""
         out: list[bytes] = []
@@ -106,7 +109,9 @@ class ChunkReader:
                 out.append(result)
         return out
 
-    def read_each(self, blob: str, group: Sequence[ChunkRecord]) -> list[bytes | IntegrityError]:
+    def read_each(
+        self, blob: BlobRef, group: Sequence[ChunkRecord]
+    ) -> list[bytes | IntegrityError]:
         """One merged range read of ``group`` (adjacent chunks of ``blob``): each chunk's
         verified bytes, or the IntegrityError of a chunk that failed its check twice
         (in the range, then read alone). A range the store cannot give whole (a blob
@@ -132,7 +137,9 @@ class ChunkReader:
                     results[position] = exc
         return results
 
-    def _read_group(self, blob: str, group: Sequence[ChunkRecord]) -> list[bytes | IntegrityError]:
+    def _read_group(
+        self, blob: BlobRef, group: Sequence[ChunkRecord]
+    ) -> list[bytes | IntegrityError]:
         """One merged range read, each chunk of it decompressed and verified once: its
         bytes or its IntegrityError. An IntegrityError of the store's own (a short
         range) is raised."""
@@ -160,7 +167,7 @@ class ChunkReader:
                     raise
 
         try:
-            self.store.read_range_verified(blob, start, end - start, verify_group)
+            self.store.read_range_verified(blob.digest, start, end - start, verify_group)
         except IntegrityError:
             if not failed:
                 raise  # the store's own check failed (a short range): no bytes to judge
@@ -171,20 +178,3 @@ class ChunkReader:
                 except IntegrityError as exc:
                     verified.append(exc)
         return verified
-
-
-def merge_ranges(chunks: Sequence[ChunkRecord], max_merge: int) -> list[list[ChunkRecord]]:
-    """Consecutive runs of chunks whose compressed ranges touch, each within ``max_merge``."""
-    groups: list[list[ChunkRecord]] = []
-    for chunk in chunks:
-        if groups:
-            last = groups[-1][-1]
-            span = chunk.compressed_offset + chunk.compressed_size - groups[-1][0].compressed_offset
-            if (
-                chunk.compressed_offset == last.compressed_offset + last.compressed_size
-                and span <= max_merge
-            ):
-                groups[-1].append(chunk)
-                continue
-        groups.append([chunk])
-    return groups

@@ -1,5 +1,6 @@
 """The storage interface: one image repository (an OCI layout dir, a registry repository,
-an S3 prefix), as builders and mounts see it.
+an S3 prefix, memory), as builders and mounts see it; and ``BlobReader``, the part of it
+the chunk readers use.
 
 Reads are by blob digest and byte range, the only thing the lazy read path needs; writes
 are whole verified blobs, then a manifest, then a tag, in that order, so that a tag never
@@ -12,12 +13,30 @@ import abc
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from ketch.oci.manifest import Descriptor, Manifest, Platform, load_json
 from ketch.storage.retry import FaultStats
 
 MAX_CONFIG_SIZE = 4 << 20
+
+
+class BlobReader(Protocol):
+    """What the chunk readers need of a store: verified range reads and blob sizes.
+    Every ``ImageStore`` is one."""
+
+    #: how the store is named in messages
+    name: str
+
+    def read_range_verified(
+        self, digest: str, offset: int, length: int, verify: Callable[[bytes], None]
+    ) -> bytes:
+        """Exactly ``length`` bytes at ``offset`` of blob ``digest``, for which
+        ``verify(data)`` did not raise; or raise (IntegrityError if no source's bytes
+        passed ``verify``)."""
+        ...
+
+    def blob_size(self, digest: str) -> int: ...
 
 
 class ImageStore(abc.ABC):
