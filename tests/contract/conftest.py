@@ -23,9 +23,9 @@ import pytest
 
 from ketch.config import RegistryOptions
 from ketch.storage.memory import MemoryStore
-from ketch.storage.registry.mirrors import MirroredRegistryStore, mirror_client
 from ketch.storage.oci_layout_store import OciLayoutStore
 from ketch.storage.registry.client import RegistryClient
+from ketch.storage.registry.mirrors import MirroredRegistryStore, mirror_client
 from ketch.storage.registry.store import RegistryStore
 from ketch.storage.s3_store import MIN_PART_SIZE, S3Store
 from ketch.storage.store import ImageStore

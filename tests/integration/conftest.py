@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.ketch_cli import KETCH
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / ".cache"
 UMOCI_CACHE_DIR = CACHE_DIR / "umoci"
@@ -170,3 +172,15 @@ def umoci_unpacked() -> UnpackImage:
     """Factory: ``umoci_unpacked(layout, tag)`` -> root filesystem of that image, unpacked
     by umoci into ``.cache/umoci/<sha256 of the layout path>-<tag>`` (once, then reused)."""
     return _unpack
+
+
+@pytest.fixture
+def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The test's daemons register under a state dir of its own (``$KETCH_STATE_DIR``);
+    every mount left in it is unmounted at the end."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("KETCH_STATE_DIR", str(state))
+    yield state
+    for record in (state / "mounts").glob("*.json") if (state / "mounts").exists() else []:
+        mountpoint = json.loads(record.read_text())["mountpoint"]
+        subprocess.run([*KETCH, "umount", mountpoint], capture_output=True, check=False)

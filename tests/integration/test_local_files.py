@@ -3,19 +3,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ketch.daemon.state import read_record
 from tests.fixtures import ocilayout as ol
-from tests.integration.ketch_cli import KETCH, ketch
+from tests.integration.ketch_cli import ketch
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +25,7 @@ def small_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "k"
 
 
-@pytest.fixture(autouse=True)
-def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    state = tmp_path / "state"
-    monkeypatch.setenv("KETCH_STATE_DIR", str(state))
-    yield state
-    for record in (state / "mounts").glob("*.json") if (state / "mounts").exists() else []:
-        mountpoint = json.loads(record.read_text())["mountpoint"]
-        subprocess.run([*KETCH, "umount", mountpoint], capture_output=True, check=False)
+pytestmark = pytest.mark.usefixtures("private_state")
 
 
 def _fails_with_8(result: subprocess.CompletedProcess[str], path: str) -> None:

@@ -9,7 +9,7 @@ import random
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pytest
 from ketch.daemon.api import api_get
 from ketch.daemon.state import read_record
 from ketch.runtime.overlay import Overlay
-from tests.integration.ketch_cli import KETCH, ketch
+from tests.integration.ketch_cli import ketch
 from tests.treecmp import compare_trees
 
 
@@ -31,15 +31,7 @@ def ketch_layout(corpus_oci: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return layout
 
 
-@pytest.fixture(autouse=True)
-def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Each test's daemons register under its own state dir; all are stopped at the end."""
-    state = tmp_path / "state"
-    monkeypatch.setenv("KETCH_STATE_DIR", str(state))
-    yield state
-    for record in (state / "mounts").glob("*.json") if (state / "mounts").exists() else []:
-        mountpoint = json.loads(record.read_text())["mountpoint"]
-        subprocess.run([*KETCH, "umount", mountpoint], capture_output=True, check=False)
+pytestmark = pytest.mark.usefixtures("private_state")
 
 
 class Mounted:

@@ -12,15 +12,13 @@ digest it is named by, and a last mount serves every file right, from the cache.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,22 +26,14 @@ import pytest
 from ketch.daemon.api import api_get
 from ketch.daemon.state import read_record
 from ketch.format.digests import DigestAlgorithm
-from tests.integration.ketch_cli import KETCH, ketch
+from tests.integration.ketch_cli import ketch
 
 ROUNDS = 5
 READERS = 4
 ALLOWED = {errno.ENOTCONN, errno.ECONNABORTED, errno.EIO, errno.ENOENT}
 
 
-@pytest.fixture(autouse=True)
-def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Each test's daemons register under its own state dir; all are stopped at the end."""
-    state = tmp_path / "state"
-    monkeypatch.setenv("KETCH_STATE_DIR", str(state))
-    yield state
-    for record in (state / "mounts").glob("*.json") if (state / "mounts").exists() else []:
-        mountpoint = json.loads(record.read_text())["mountpoint"]
-        subprocess.run([*KETCH, "umount", mountpoint], capture_output=True, check=False)
+pytestmark = pytest.mark.usefixtures("private_state")
 
 
 def _mount(image: str, mountpoint: Path, cache: Path) -> int:

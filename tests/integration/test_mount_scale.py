@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 from ketch.daemon.api import api_get
 from ketch.daemon.state import read_record
 from tests.fixtures import ocilayout as ol
-from tests.integration.ketch_cli import KETCH, ketch
+from tests.integration.ketch_cli import ketch
 
 FILES = 100_000
 DEPTH = 1_500
@@ -25,15 +23,7 @@ READERS = 16
 SAMPLE = 7  # every SAMPLE-th file of the directory is read, beside the first and last
 
 
-@pytest.fixture(autouse=True)
-def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Each test's daemons register under its own state dir; all are stopped at the end."""
-    state = tmp_path / "state"
-    monkeypatch.setenv("KETCH_STATE_DIR", str(state))
-    yield state
-    for record in (state / "mounts").glob("*.json") if (state / "mounts").exists() else []:
-        mountpoint = json.loads(record.read_text())["mountpoint"]
-        subprocess.run([*KETCH, "umount", mountpoint], capture_output=True, check=False)
+pytestmark = pytest.mark.usefixtures("private_state")
 
 
 def _content(i: int) -> bytes:

@@ -18,13 +18,11 @@ from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import ChunkRecord
 from ketch.fs.image_fs import ImageFS
 from ketch.image.ketch_image import open_ketch_image
-from ketch.oci.manifest import Descriptor, Manifest, Platform
 from ketch.storage import cached_reader
 from ketch.storage.blobs import BlobRef
 from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.chunk_cache import ChunkCache
 from ketch.storage.chunk_reader import ChunkReader
-from ketch.image.ketch_image import open_ketch_image
 from ketch.storage.memory import MemoryStore
 from ketch.storage.oci_layout_store import OciLayoutStore
 from ketch.storage.store import ImageStore

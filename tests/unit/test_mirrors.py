@@ -19,7 +19,6 @@ from ketch.errors import IntegrityError, NotFoundError, StorageError, UsageError
 from ketch.format.codecs import CodecId, ZstdCodec
 from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import ChunkRecord
-from ketch.storage.registry import mirrors as mirrored_store
 from ketch.storage.blobs import BlobRef
 from ketch.storage.chunk_reader import ChunkReader
 from ketch.storage.oci_layout_store import OciLayoutStore
