@@ -168,17 +168,16 @@ class _Unpacker:
         bs = self.fs.bootstrap
         zero_size = self._zero_size
         start = 0
-        for ref_index in bs.file_chunkrefs(ino - 1):
-            ref = bs.chunkref(ref_index)
-            zeros = zero_size.get(ref.chunk)
+        for file_offset, chunk_index in bs.file_chunk_table(ino - 1):
+            zeros = zero_size.get(chunk_index)
             if zeros is None:
-                chunk = bs.chunk(ref.chunk)
+                chunk = bs.chunk(chunk_index)
                 is_zero = chunk.digest == self._zero_digest(chunk.uncompressed_size)
-                zeros = zero_size[ref.chunk] = chunk.uncompressed_size if is_zero else 0
+                zeros = zero_size[chunk_index] = chunk.uncompressed_size if is_zero else 0
             if zeros:
-                if ref.file_offset > start:
-                    yield start, ref.file_offset
-                start = ref.file_offset + zeros
+                if file_offset > start:
+                    yield start, file_offset
+                start = file_offset + zeros
                 self.on_bytes(zeros)
         if size > start:
             yield start, size
