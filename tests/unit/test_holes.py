@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ketch.builder import layer_builder
 from ketch.builder.layer_builder import MAX_CDC_HOLE_BYTES, MAX_HOLE_CHUNKS
 from ketch.cli.main import main
 from ketch.errors import BadLayerError
@@ -81,11 +82,11 @@ def test_a_zero_chunk_is_stored_once_and_made_of_no_file_bytes(tmp_path: Path) -
     assert (out / "big").stat().st_size == 1 << 36 and (out / "big").stat().st_blocks == 0
 
 
-def _sparse_layer(size: int) -> bytes:
+def _sparse_layer(size: int, name: str = "lastlog") -> bytes:
     """One GNU sparse (pax 0.0) file of ``size`` bytes, all hole, stored in no bytes."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo("lastlog")
+        info = tarfile.TarInfo(name)
         info.pax_headers = {"GNU.sparse.size": str(size), "GNU.sparse.numblocks": "0"}
         tar.addfile(info, io.BytesIO(b""))
     return buffer.getvalue()
@@ -102,6 +103,20 @@ def test_too_many_holes_for_a_few_bytes_of_map_are_refused(
     write_oci_layout(tmp_path / "src", "src", [_sparse_layer(size)])
     with pytest.raises(BadLayerError, match=r"/lastlog: a file of \d+ bytes with holes"):
         convert(tmp_path / "src", "src", tmp_path / "dst", chunker=chunker)
+
+
+def test_the_bound_is_on_the_holes_of_all_layers_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Per layer, an image of many layers could still ask for any amount. (A bound of 100
+    # references stands for the real one, 4 TiB of holes in every layer being slow.)
+    monkeypatch.setattr(layer_builder, "MAX_HOLE_CHUNKS", 100)
+    one = _sparse_layer(60 * MIB, "a")
+    write_oci_layout(tmp_path / "src", "one", [one])
+    convert(tmp_path / "src", "one", tmp_path / "dst1")
+    write_oci_layout(tmp_path / "src", "two", [one, _sparse_layer(60 * MIB, "b")])
+    with pytest.raises(BadLayerError, match=r"/b: .* the image's holes would make over 100"):
+        convert(tmp_path / "src", "two", tmp_path / "dst2")
 
 
 def test_the_cli_refuses_a_petabyte_hole_with_exit_5_and_tags_nothing(

@@ -26,7 +26,8 @@ matter: umoci refuses it, and so does Ketch (``tar_header``).
 
 Holes are handed on as ``ZeroRun`` markers, never as zero bytes: a map of a few bytes
 may describe petabytes of holes, so what a hole costs is for the consumer to bound (the
-layer builder bounds the chunk records holes make, ``layer_builder.MAX_HOLE_CHUNKS``).
+layer builder bounds the chunk references a build's holes make:
+``layer_builder.MAX_HOLE_CHUNKS``).
 """
 
 from __future__ import annotations
