@@ -62,6 +62,8 @@ def _reader(path: bytes, size: int, sparse: bool) -> DataSource:
                         raise NotFoundError(f"{os.fsdecode(path)}: shrank while being read")
                     position += len(data)
                     yield data
+            if sparse and os.fstat(fd).st_size < size:  # its end was not read: holes
+                raise NotFoundError(f"{os.fsdecode(path)}: shrank while being read")
 
     return read
 
