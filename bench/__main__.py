@@ -20,6 +20,7 @@ from bench import (
     mount_read,
     mount_time,
     registry_dedup,
+    sparse_file,
     stored_bytes,
 )
 from bench.context import REPO, WORK_ROOT, Context, ensure_corpus, log, remove
@@ -38,6 +39,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     cold_start.BENCHMARK,
     large_dir.BENCHMARK,
     deep_tree.BENCHMARK,
+    sparse_file.BENCHMARK,
 )
 
 

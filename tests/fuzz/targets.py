@@ -42,6 +42,7 @@ from ketch.oci.manifest import (
     parse_index,
 )
 from ketch.oci.tar_layer import EntryKind, LayerReader
+from ketch.oci.tar_sparse import ZeroRun
 
 T = TypeVar("T")
 
@@ -202,7 +203,7 @@ def _read_layer(reader: LayerReader) -> None:
         if entry.kind is EntryKind.FILE:
             read = 0
             for block in reader.read_data(65536):
-                read += len(block)
+                read += block.size if isinstance(block, ZeroRun) else len(block)
                 if read >= _MAX_DATA:
                     break
         _ = entry.display

@@ -2,19 +2,38 @@
 
 Fixed chunks cut at multiples of the chunk size; content-defined chunks (FastCDC) cut
 where the data says, so an insertion shifts only the chunks around it.
+
+A file's data may come with holes, as ``ZeroRun`` markers. The fixed chunker cuts them
+where it would cut the same zeros written out, and hands the whole chunks of zeros on as
+one ``ZeroChunks`` marker each run, so a hole costs its chunk records, never its bytes;
+the chunks that a hole shares with data are cut from real zeros. The content-defined
+chunker reads holes as zeros (where it cuts depends on every byte).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from ketch.config import BUILD, check_chunk_size
 from ketch.errors import UsageError
 from ketch.format.codecs import MAX_CHUNK_SIZE
+from ketch.oci.tar_sparse import Piece, ZeroRun, zero_filled
 
 DEFAULT_CHUNK_SIZE = BUILD.chunk_size
 Block = bytes | memoryview  # file data as read: views of decompressed blocks where possible
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroChunks:
+    """``count`` chunks of ``size`` zero bytes each, in a row, never materialized."""
+
+    count: int
+    size: int
+
+
+Chunk = Block | ZeroChunks
 
 
 class Chunker(abc.ABC):
@@ -24,14 +43,14 @@ class Chunker(abc.ABC):
         self.chunk_size = check_chunk_size(chunk_size)
 
     @abc.abstractmethod
-    def chunkify(self, blocks: Iterable[Block]) -> Iterator[Block]:
+    def chunkify(self, blocks: Iterable[Piece]) -> Iterator[Chunk]:
         """Chunks of the concatenated ``blocks``, in order, none empty."""
 
 
 class FixedChunker(Chunker):
     name = "fixed"
 
-    def chunkify(self, blocks: Iterable[Block]) -> Iterator[Block]:
+    def chunkify(self, blocks: Iterable[Piece]) -> Iterator[Chunk]:
         size = self.chunk_size
         pending = bytearray()
         held: Block | None = None  # a short block kept as is, in case it is the last
@@ -39,6 +58,21 @@ class FixedChunker(Chunker):
             if held is not None:
                 pending += held
                 held = None
+            if isinstance(block, ZeroRun):
+                run = block.size
+                if pending:  # the chunk in progress takes zeros first
+                    fill = min(run, size - len(pending))
+                    pending += bytes(fill)
+                    run -= fill
+                    if len(pending) < size:
+                        continue
+                    yield bytes(pending)
+                    pending.clear()
+                if run >= size:
+                    yield ZeroChunks(run // size, size)
+                    run %= size
+                pending += bytes(run)
+                continue
             if not pending and len(block) == size:
                 yield block  # the common case: no copy at all
                 continue
@@ -87,8 +121,8 @@ class CdcChunker(Chunker):
             average, min_size=min(average // 4, 1 << 20), max_size=min(average * 4, MAX_CHUNK_SIZE)
         )
 
-    def chunkify(self, blocks: Iterable[Block]) -> Iterator[Block]:
-        for chunk in self._cdc.cut_stream(_BlockReader(blocks)):
+    def chunkify(self, blocks: Iterable[Piece]) -> Iterator[Chunk]:
+        for chunk in self._cdc.cut_stream(_BlockReader(zero_filled(blocks, 1 << 20))):
             # The view is only valid until the next chunk is cut.
             yield bytes(chunk.data)
 

@@ -1,4 +1,10 @@
-"""A local directory as the entries of one layer, walked depth-first with sorted names."""
+"""A local directory as the entries of one layer, walked depth-first with sorted names.
+
+A sparse file (fewer blocks allocated than its size needs) is read extent by extent
+(``SEEK_DATA``/``SEEK_HOLE``): its holes are handed on as ``ZeroRun`` markers, never
+read, so a ``truncate -s 1T`` file costs its chunk records, not a terabyte of reads. The
+chunks are the same as if the zeros were read (the chunker cuts holes as zeros).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from pathlib import Path
 from ketch.builder.layer_builder import DataSource
 from ketch.errors import NotFoundError
 from ketch.oci.tar_layer import EntryKind, LayerEntry
+from ketch.oci.tar_sparse import Piece, ZeroRun
 
 _KINDS = {
     stat.S_IFREG: EntryKind.FILE,
@@ -39,18 +46,43 @@ def _xattrs(path: bytes) -> dict[bytes, bytes]:
     return out
 
 
-def _reader(path: bytes, size: int) -> DataSource:
-    def read(block: int) -> Iterable[bytes]:
-        remaining = size
+def _reader(path: bytes, size: int, sparse: bool) -> DataSource:
+    def read(block: int) -> Iterable[Piece]:
         with open(path, "rb") as f:
-            while remaining > 0:
-                data = f.read(min(block, remaining))
-                if not data:
-                    raise NotFoundError(f"{os.fsdecode(path)}: shrank while being read")
-                remaining -= len(data)
-                yield data
+            fd = f.fileno()
+            position = 0
+            while position < size:
+                start, end = _extent(fd, position, size) if sparse else (position, size)
+                if start > position:
+                    yield ZeroRun(start - position)
+                position = start
+                while position < end:
+                    data = os.pread(fd, min(block, end - position), position)
+                    if not data:
+                        raise NotFoundError(f"{os.fsdecode(path)}: shrank while being read")
+                    position += len(data)
+                    yield data
+            if sparse and os.fstat(fd).st_size < size:  # its end was not read: holes
+                raise NotFoundError(f"{os.fsdecode(path)}: shrank while being read")
 
     return read
+
+
+def _extent(fd: int, position: int, size: int) -> tuple[int, int]:
+    """The next stretch of data at or after ``position``: (start, end), both at most
+    ``size``; (position, size) where the filesystem cannot tell holes."""
+    try:
+        start = os.lseek(fd, position, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # only a hole from here on
+            return size, size
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return position, size
+        raise
+    if start >= size:
+        return size, size
+    end = os.lseek(fd, start, os.SEEK_HOLE)
+    return start, min(end, size)
 
 
 def directory_entries(root: Path) -> Iterator[tuple[LayerEntry, DataSource | None]]:
@@ -89,7 +121,8 @@ def directory_entries(root: Path) -> Iterator[tuple[LayerEntry, DataSource | Non
             seen_inodes[key] = rel
         if kind is EntryKind.FILE:
             entry.size = st.st_size
-            yield entry, _reader(full, st.st_size)
+            sparse = st.st_blocks * 512 < st.st_size
+            yield entry, _reader(full, st.st_size, sparse)
         elif kind is EntryKind.SYMLINK:
             entry.link_target = os.readlink(full)
             entry.size = len(entry.link_target)

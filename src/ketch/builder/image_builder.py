@@ -23,7 +23,13 @@ from ketch.builder.bootstrap_build import flatten
 from ketch.builder.chunk_index import ChunkIndex
 from ketch.builder.chunker import DEFAULT_CHUNK_SIZE, make_chunker
 from ketch.builder.dir_source import directory_entries
-from ketch.builder.layer_builder import DataSource, LayerBlob, LayerBuilder, LayerResult
+from ketch.builder.layer_builder import (
+    DataSource,
+    HoleBudget,
+    LayerBlob,
+    LayerBuilder,
+    LayerResult,
+)
 from ketch.builder.progress import Progress
 from ketch.builder.tree import Node, Tree
 from ketch.config import BUILD, build_workers
@@ -94,6 +100,7 @@ class ImageBuilder:
         self.algo = DigestAlgorithm.from_name(options.digest)
         self.codec = codec_by_name(options.compressor, options.compression_level)
         self.chunker = make_chunker(options.chunker, options.chunk_size)
+        self.holes = HoleBudget(self.chunker)  # shared by every layer of the build
         self.index = ChunkIndex()
         for image in options.chunk_dicts:
             if image.bootstrap.digest_algorithm is not self.algo:
@@ -195,6 +202,7 @@ class ImageBuilder:
             pool=pool,
             writer=writer,
             on_bytes=self.progress.advance,
+            holes=self.holes,
         )
         result: LayerResult = builder.build(name, entries, self.tree.apply)
         summary = LayerSummary(

@@ -11,6 +11,16 @@ layers that way) the spool becomes the blob as is. Sealing (any rewrite in tree 
 table, trailer, sha256) runs on the writer thread too, while the calling thread goes on
 with the next layer: the calling thread is the convert's bottleneck, so it only decides,
 and never writes or hashes.
+
+Holes (``ZeroRun`` from a sparse tar entry or a sparse local file) reach the fixed
+chunker unread, and its whole chunks of zeros come back as one ``ZeroChunks`` marker per
+run: the zero chunk of a size is hashed and compressed once per layer, stored once per
+blob like any duplicate, and a run of them costs the file its chunk references only. As
+a map of a few bytes may describe petabytes of holes, the holes of all of a build's
+layers (``HoleBudget``) may make at most ``MAX_HOLE_CHUNKS`` chunk references (4 TiB of
+holes at 1 MiB chunks): per layer, a many-layer image could still ask for any amount.
+The content-defined chunker reads holes as zeros, so with it a build's holes may hold at
+most ``MAX_CDC_HOLE_BYTES``.
 """
 
 from __future__ import annotations
@@ -22,25 +32,34 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 from ketch.builder.chunk_index import ChunkIndex, ChunkLocation
-from ketch.builder.chunker import Chunker
+from ketch.builder.chunker import Chunk, Chunker, FixedChunker, ZeroChunks
 from ketch.builder.tree import LayerChanges, Node, TreePath
 from ketch.errors import BadLayerError
 from ketch.format.blob import BlobWriter, pack_table
 from ketch.format.codecs import Codec, CodecId
 from ketch.format.digests import DigestAlgorithm
 from ketch.oci.tar_layer import EntryKind, LayerEntry
+from ketch.oci.tar_sparse import Piece, ZeroRun
 
-# A file's data: call with a block size, get its bytes in blocks.
-DataSource = Callable[[int], Iterable[bytes | memoryview]]
+# A file's data: call with a block size, get its bytes in blocks (holes as ``ZeroRun``).
+DataSource = Callable[[int], Iterable[Piece]]
+#: chunk references the holes of one build's layers may make: each costs 12 bytes of
+#: bootstrap and about 250 bytes of memory while building; 2^22 is 4 TiB of holes at
+#: 1 MiB chunks, a 48 MiB bootstrap built in 19 s and 1.1 GB
+MAX_HOLE_CHUNKS = 1 << 22
+#: bytes of holes one build's layers may have when FastCDC reads them as zeros
+MAX_CDC_HOLE_BYTES = 64 << 30
 _IN_FLIGHT_BYTES = 64 << 20
 _WRITE_BACKLOG_BYTES = 32 << 20  # stored bytes handed to the writer thread, not written yet
 _BATCH_BYTES = 1 << 20
 _BATCH_CHUNKS = 64
-# (digest, (stored bytes, codec) unless the chunk was already known, uncompressed size)
-_Processed = tuple[bytes, tuple[bytes | memoryview, int] | None, int]
+# (digest, (stored bytes, codec) unless the chunk was already known, uncompressed size,
+# how many such chunks in a row)
+_Processed = tuple[bytes, tuple[bytes | memoryview, int] | None, int, int]
 _READ_BLOCK = 1 << 20
 _NO_DATA = (EntryKind.WHITEOUT, EntryKind.OPAQUE, EntryKind.HARDLINK)
 
@@ -107,6 +126,18 @@ class _Spool:
         self._writer.submit(self.close)
 
 
+class HoleBudget:
+    """What the holes of a build's layers have cost so far, and the most they may:
+    chunk references with the fixed chunker, bytes with FastCDC (which reads them)."""
+
+    def __init__(self, chunker: Chunker) -> None:
+        if isinstance(chunker, FixedChunker):
+            self.limit, self.unit = MAX_HOLE_CHUNKS, chunker.chunk_size
+        else:
+            self.limit, self.unit = MAX_CDC_HOLE_BYTES, 1
+        self.spent = 0
+
+
 class LayerBuilder:
     def __init__(
         self,
@@ -119,6 +150,7 @@ class LayerBuilder:
         pool: ThreadPoolExecutor,
         writer: ThreadPoolExecutor,
         on_bytes: Callable[[int], None] = lambda _: None,
+        holes: HoleBudget | None = None,
     ) -> None:
         self._scratch = scratch
         self._chunker = chunker
@@ -128,20 +160,51 @@ class LayerBuilder:
         self._pool = pool
         self._writer = writer  # one thread: spool writes and seals, in submission order
         self._on_bytes = on_bytes
+        # by size: the zero chunk's digest and stored form, made once (any thread may
+        # make it first; each makes the same)
+        self._zero_chunks: dict[int, tuple[bytes, tuple[bytes | memoryview, int]]] = {}
+        self._hole_budget = holes if holes is not None else HoleBudget(chunker)
 
-    def _process_batch(self, chunks: list[bytes | memoryview]) -> list[_Processed]:
+    def _process_batch(self, chunks: list[Chunk]) -> list[_Processed]:
         return [self._hash_and_compress(chunk) for chunk in chunks]
 
-    def _hash_and_compress(self, data: bytes | memoryview) -> _Processed:
+    def _hash_and_compress(self, data: Chunk) -> _Processed:
         """Digest, then (stored bytes, codec) unless the chunk is already known."""
+        if isinstance(data, ZeroChunks):
+            zero = self._zero_chunks.get(data.size)
+            if zero is None:
+                digest, stored, _, _ = self._hash_and_compress(bytes(data.size))
+                if stored is None:  # known already: stored anyway, once, it is small
+                    stored = self._compress(bytes(data.size))
+                zero = self._zero_chunks[data.size] = (digest, stored)
+            return zero[0], zero[1], data.size, data.count
         digest = self._algo.digest(data)
         if digest in self._index:
-            return digest, None, len(data)
+            return digest, None, len(data), 1
+        return digest, self._compress(data), len(data), 1
+
+    def _compress(self, data: bytes | memoryview) -> tuple[bytes | memoryview, int]:
         compressed = self._codec.compress(data)
         if len(compressed) >= len(data):
             # Incompressible: stored as is, which also spares every reader a decompression.
-            return digest, (data, CodecId.NONE), len(data)
-        return digest, (compressed, self._codec.codec_id), len(data)
+            return data, CodecId.NONE
+        return compressed, self._codec.codec_id
+
+    def _holes(self, name: str, entry: LayerEntry, pieces: Iterable[Piece]) -> Iterator[Piece]:
+        """``pieces``, with their holes charged to the build's budget."""
+        budget = self._hole_budget
+        unit, limit = budget.unit, budget.limit
+        for piece in pieces:
+            if isinstance(piece, ZeroRun):
+                budget.spent += -(-piece.size // unit)
+                if budget.spent > limit:
+                    what = "chunk references" if unit > 1 else "bytes"
+                    raise BadLayerError(
+                        f"layer {name}: {entry.display}: a file of {entry.size} bytes with "
+                        f"holes: the image's holes would make over {limit} {what}, the most "
+                        f"Ketch takes"
+                    )
+            yield piece
 
     def build(
         self,
@@ -170,10 +233,10 @@ class LayerBuilder:
         new: dict[bytes, ChunkLocation] = {}  # in arrival order
         # Chunks go to the pool in batches: one task per small file's chunk would cost
         # the main thread more in task handling than the hashing costs the worker.
-        inflight: deque[tuple[list[Node], Future[list[_Processed]]]] = deque()
+        inflight: deque[tuple[list[Node], Future[list[_Processed]], int]] = deque()
         batch_nodes: list[Node] = []
-        batch_chunks: list[bytes | memoryview] = []
-        batch_bytes = 0
+        batch_chunks: list[Chunk] = []
+        batch_bytes = 0  # held in memory: a run of zero chunks holds none
         inflight_bytes = 0
         file_bytes = 0
         progress = 0  # bytes not yet reported
@@ -184,18 +247,23 @@ class LayerBuilder:
         def flush() -> None:
             nonlocal batch_nodes, batch_chunks, batch_bytes
             if batch_chunks:
-                inflight.append((batch_nodes, self._pool.submit(self._process_batch, batch_chunks)))
+                future = self._pool.submit(self._process_batch, batch_chunks)
+                inflight.append((batch_nodes, future, batch_bytes))
                 batch_nodes, batch_chunks, batch_bytes = [], [], 0
 
         def settle() -> None:
             nonlocal inflight_bytes, seen, spooled
-            nodes, future = inflight.popleft()
+            nodes, future, held = inflight.popleft()
             results = future.result()
+            inflight_bytes -= held
             parts: list[bytes | memoryview] = []
             start = spooled
-            for node, (digest, compressed, size) in zip(nodes, results, strict=True):
-                inflight_bytes -= size
-                node.chunks.append((digest, size))
+            for node, (digest, compressed, size, count) in zip(nodes, results, strict=True):
+                seen += count
+                if count == 1:
+                    node.chunks.append((digest, size))
+                else:
+                    node.chunks.extend(repeat((digest, size), count))
                 if digest in index:
                     continue
                 if compressed is None:  # cannot happen: the index only grows
@@ -206,7 +274,6 @@ class LayerBuilder:
                 new[digest] = location
                 parts.append(stored)
                 spooled += len(stored)
-            seen += len(results)
             if parts:
                 spool.write(parts, spooled - start)
 
@@ -223,12 +290,16 @@ class LayerBuilder:
                         last_path = None
                         spool.stop_hashing()
                 node = Node.from_entry(entry)
-                for chunk in self._chunker.chunkify(data(_READ_BLOCK)):
-                    size = len(chunk)
+                pieces = self._holes(name, entry, data(_READ_BLOCK))
+                for chunk in self._chunker.chunkify(pieces):
                     batch_nodes.append(node)
                     batch_chunks.append(chunk)
-                    batch_bytes += size
-                    inflight_bytes += size
+                    if isinstance(chunk, ZeroChunks):
+                        size = chunk.size * chunk.count
+                    else:
+                        size = len(chunk)
+                        batch_bytes += size
+                        inflight_bytes += size
                     file_bytes += size
                     progress += size
                     if batch_bytes >= _BATCH_BYTES or len(batch_chunks) >= _BATCH_CHUNKS:
@@ -243,7 +314,7 @@ class LayerBuilder:
             while inflight:
                 settle()
         finally:
-            for _, future in inflight:
+            for _, future, _ in inflight:
                 future.cancel()
         links = apply(changes)
         blob = self._seal(changes, links, spool, new)

@@ -11,8 +11,6 @@ import errno
 import logging
 import os
 import signal
-import threading
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace

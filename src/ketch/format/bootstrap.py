@@ -16,6 +16,7 @@ from pathlib import Path
 from ketch.errors import NotFoundError, integrity
 from ketch.format.digests import DigestAlgorithm
 from ketch.format.records import (
+    CHUNKREF,
     PREFETCH,
     SUPERBLOCK_SIZE,
     BlobRecord,
@@ -210,6 +211,15 @@ class Bootstrap:
                 end,
             )
         return range(record.data_start, end)
+
+    def file_chunk_table(self, index: int) -> Iterator[tuple[int, int]]:
+        """(file offset, chunk index) of each of a regular file's chunkrefs, in file order:
+        ``file_chunkrefs`` in one pass over the table, for walks of a whole file (a file
+        of 2^40 bytes of holes has 2^20 of them). Chunk indexes are checked by ``chunk``."""
+        refs = self.file_chunkrefs(index)
+        start = self.superblock.chunkref_offset + refs.start * ChunkRef.size_of
+        table = self._view[start : start + len(refs) * ChunkRef.size_of]
+        return CHUNKREF.iter_unpack(table)
 
     def chunks_for_range(self, index: int, offset: int, size: int) -> list[tuple[int, ChunkRecord]]:
         """(file offset, chunk) pairs covering ``[offset, offset+size)`` of a regular file."""

@@ -219,13 +219,17 @@ class _Walker:
         digests: list[bytes] = []
         refs = bs.file_chunkrefs(index)
         self._claim(self.claimed_refs, refs, path, "chunkrefs", "file")
-        for ref_index in refs:
-            ref = bs.chunkref(ref_index)
-            chunk = bs.chunk(ref.chunk)
-            if ref.file_offset != position:
-                self.report(path, f"chunk {len(digests)} file offset", position, ref.file_offset)
-            position = ref.file_offset + chunk.uncompressed_size
-            digests.append(chunk.digest)
+        known: dict[int, tuple[bytes, int]] = {}  # chunk index: digest, size (a file may
+        # use one chunk a million times: a terabyte of holes)
+        for file_offset, chunk_index in bs.file_chunk_table(index):
+            digest_size = known.get(chunk_index)
+            if digest_size is None:
+                chunk = bs.chunk(chunk_index)
+                digest_size = known[chunk_index] = (chunk.digest, chunk.uncompressed_size)
+            if file_offset != position:
+                self.report(path, f"chunk {len(digests)} file offset", position, file_offset)
+            position = file_offset + digest_size[1]
+            digests.append(digest_size[0])
         if position != record.size:
             self.report(path, "bytes covered by chunks", record.size, position)
         return digests

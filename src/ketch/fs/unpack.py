@@ -49,6 +49,8 @@ class _Unpacker:
         self.on_bytes = on_bytes
         self.first_path: dict[int, bytes] = {}
         self.files = 0
+        self._zero_size: dict[int, int] = {}  # chunk index: its size if all zeros, else 0
+        self._zero_digests: dict[int, bytes] = {}  # by size: the digest of that many zeros
 
     def run(self, root_fd: int) -> None:
         self.root_fd = root_fd
@@ -138,23 +140,55 @@ class _Unpacker:
         return None
 
     def _write_contents(self, ino: int, size: int, fd: int) -> None:
-        """The file's bytes into ``fd``; blocks of zeros become holes (the file is as
-        sparse as its zeros allow, as umoci leaves a sparse file from a layer)."""
-        offset = 0
-        while offset < size:
-            data = self.fs.read(ino, offset, _WRITE_BLOCK)
-            if not data:
-                raise IntegrityError(f"inode {ino}: ended at {offset} of {size} bytes")
-            if _ZEROS.startswith(data):  # all zeros (a memcmp, no copy)
-                os.lseek(fd, len(data), os.SEEK_CUR)
-            else:
-                with memoryview(data) as view:
-                    written = 0
-                    while written < len(view):
-                        written += os.write(fd, view[written:])
-            offset += len(data)
-            self.on_bytes(len(data))
+        """The file's bytes into ``fd``; zeros become holes (the file is as sparse as its
+        zeros allow, as umoci leaves a sparse file from a layer). A chunk whose digest is
+        that of zeros is a hole without being fetched (its digest says what it holds):
+        a file of a terabyte of holes costs its chunk records."""
+        for start, end in self._data_spans(ino, size):
+            os.lseek(fd, start, os.SEEK_SET)
+            offset = start
+            while offset < end:
+                data = self.fs.read(ino, offset, min(_WRITE_BLOCK, end - offset))
+                if not data:
+                    raise IntegrityError(f"inode {ino}: ended at {offset} of {size} bytes")
+                if _ZEROS.startswith(data):  # all zeros (a memcmp, no copy)
+                    os.lseek(fd, len(data), os.SEEK_CUR)
+                else:
+                    with memoryview(data) as view:
+                        written = 0
+                        while written < len(view):
+                            written += os.write(fd, view[written:])
+                offset += len(data)
+                self.on_bytes(len(data))
         os.ftruncate(fd, size)  # a file that ends in a hole still has its size
+
+    def _data_spans(self, ino: int, size: int) -> Iterator[tuple[int, int]]:
+        """``[start, end)`` stretches of the file not made of zero chunks, in order (the
+        chunkrefs tile the file: ``verify_bootstrap`` checked it)."""
+        bs = self.fs.bootstrap
+        zero_size = self._zero_size
+        start = 0
+        for file_offset, chunk_index in bs.file_chunk_table(ino - 1):
+            zeros = zero_size.get(chunk_index)
+            if zeros is None:
+                chunk = bs.chunk(chunk_index)
+                is_zero = chunk.digest == self._zero_digest(chunk.uncompressed_size)
+                zeros = zero_size[chunk_index] = chunk.uncompressed_size if is_zero else 0
+            if zeros:
+                if file_offset > start:
+                    yield start, file_offset
+                start = file_offset + zeros
+                self.on_bytes(zeros)
+        if size > start:
+            yield start, size
+
+    def _zero_digest(self, size: int) -> bytes:
+        digest = self._zero_digests.get(size)
+        if digest is None:
+            digest = self._zero_digests[size] = self.fs.bootstrap.digest_algorithm.digest(
+                bytes(size)
+            )
+        return digest
 
     def _apply_attrs(self, attr: Attr, fd: int, name: bytes | None, ino: int) -> None:
         """Owner, then mode (chown clears set-id bits), xattrs, then mtime last.

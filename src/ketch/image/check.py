@@ -15,7 +15,6 @@ from ketch.format.blob import read_blob_table
 from ketch.format.bootstrap_verify import verify_bootstrap
 from ketch.format.records import BlobChunkEntry, ChunkRecord
 from ketch.image.ketch_image import KetchImage
-from ketch.storage.chunk_reader import ChunkReader
 from ketch.storage.blobs import BlobRef
 from ketch.storage.chunk_reader import ChunkReader
 from ketch.storage.range_plan import merge_ranges

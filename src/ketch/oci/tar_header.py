@@ -18,7 +18,7 @@ Pax records (``LEN KEY=VALUE\\n``) of an ``x`` header apply to the next entry, t
 used: ``path``, ``linkpath``, ``size``, ``uid``, ``gid``, ``mtime`` (decimal seconds with
 a fraction, kept exact to the nanosecond), ``SCHILY.xattr.NAME`` (raw value) and
 ``LIBARCHIVE.xattr.NAME`` (base64 value), and ``GNU.sparse.*``: GNU sparse files in pax
-form (``tar_sparse``), whose data reads with its holes filled with zeros, as Go reads
+form (``tar_sparse``), whose data reads with its holes as runs of zeros, as Go reads
 it. The old GNU ``S`` sparse type is refused, as umoci refuses it. A GNU long name or
 link name wins over pax, as in Go; a sparse file's ``GNU.sparse.name`` wins over both.
 
@@ -296,7 +296,6 @@ class TarHeaderReader:
         self._globals_size = 0
         self._done = False
         #: the current entry's sparse fragments and real size, if it is a sparse file
-        self._hole_bytes = 0  # the holes of this archive's sparse files so far
         self._sparse: tuple[tuple[tar_sparse.Fragment, ...], int] | None = None
 
     # -- reading ------------------------------------------------------------------------
@@ -611,16 +610,6 @@ class TarHeaderReader:
             tar_sparse.check_fragments(fragments, size, self._data_left)
         except tar_sparse.SparseError as exc:
             raise self._bad(offset, f"{_show(name)}: {exc}") from None
-        # Holes cost no bytes in the layer but are read, hashed and chunked as zeros: a
-        # few bytes of map could otherwise ask for years of work.
-        self._hole_bytes += size - self._data_left
-        if self._hole_bytes > tar_sparse.MAX_HOLE_BYTES:
-            raise UnsupportedError(
-                f"layer {self._layer}: {_show(name)}: sparse file of {size} bytes, "
-                f"{size - self._data_left} of them holes: the layer's sparse files would "
-                f"have {self._hole_bytes} bytes of holes, over the "
-                f"{tar_sparse.MAX_HOLE_BYTES} Ketch reads"
-            )
         self._sparse = (fragments, size)
         return name, size
 
@@ -635,14 +624,13 @@ class TarHeaderReader:
 
     # -- data ---------------------------------------------------------------------------
 
-    def read_data(self, block_size: int) -> Iterator[bytes | memoryview]:
+    def read_data(self, block_size: int) -> Iterator[tar_sparse.Piece]:
         """What is left of the current entry's data, ``block_size`` bytes at a time (the
-        last block may be short); a sparse file's holes read as zeros."""
+        last block may be short); a sparse file's holes as ``ZeroRun`` markers, its
+        fragments in pieces of at most ``block_size``."""
         if self._sparse is not None:
             fragments, size = self._sparse
-            return tar_sparse.expand(
-                fragments, size, lambda count: self._stored(count, block_size), block_size
-            )
+            return tar_sparse.expand(fragments, size, lambda count: self._stored(count, block_size))
         return self._stored(self._data_left, block_size)
 
     def _stored(self, count: int, block_size: int) -> Iterator[bytes | memoryview]:

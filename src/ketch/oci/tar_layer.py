@@ -19,6 +19,7 @@ from typing import IO
 from ketch.errors import BadLayerError, UnsupportedError
 from ketch.oci import tar_header as th
 from ketch.oci.tar_header import TarHeader, TarHeaderReader
+from ketch.oci.tar_sparse import Piece
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
@@ -192,8 +193,10 @@ class LayerReader:
         except (EOFError, OSError) as exc:  # from the stream; a KetchError passes as is
             raise BadLayerError(f"layer {layer}: broken tar: {exc}") from None
 
-    def read_data(self, block_size: int) -> Iterator[bytes | memoryview]:
-        """The current FILE entry's bytes, ``block_size`` at a time (the last may be short).
+    def read_data(self, block_size: int) -> Iterator[Piece]:
+        """The current FILE entry's bytes, ``block_size`` at a time (the last may be short),
+        a sparse file's holes as ``ZeroRun`` markers (``tar_sparse.zero_filled`` makes
+        them bytes).
 
         Each block is exactly ``block_size`` bytes but the last, as ``LayerStream.read``
         returns what it is asked for: with ``block_size`` equal to the chunk size, the

@@ -21,10 +21,13 @@ after the last up to the real size, reads as zeros.
 
 A map must list fragments in order, without overlap, inside the real size, and must
 account for the stored data exactly (Go refuses data the map does not reference, and a
-map that references data the entry does not have). A layer's sparse files may have
-``MAX_HOLE_BYTES`` of holes in all (64 GiB): Go has no bound, and a map of a few bytes
-would have umoci write zeros until the disk fills. The old GNU ``S`` type is another
+map that references data the entry does not have). The old GNU ``S`` type is another
 matter: umoci refuses it, and so does Ketch (``tar_header``).
+
+Holes are handed on as ``ZeroRun`` markers, never as zero bytes: a map of a few bytes
+may describe petabytes of holes, so what a hole costs is for the consumer to bound (the
+layer builder bounds the chunk references a build's holes make:
+``layer_builder.MAX_HOLE_CHUNKS``).
 """
 
 from __future__ import annotations
@@ -45,12 +48,19 @@ _REALSIZE = b"GNU.sparse.realsize"
 
 _BLOCK = 512
 _INT64_MAX = (1 << 63) - 1
-#: bytes of holes one layer's sparse files may have in all: holes cost the layer nothing
-#: but are read as zeros (hashed, chunked), so a map of a few bytes could otherwise ask
-#: for terabytes of work; 64 GiB of holes convert in about 7 s (8 GiB took 0.9 s)
-MAX_HOLE_BYTES = 64 << 30
 
 Fragment = tuple[int, int]  # (offset in the real file, length)
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroRun:
+    """``size`` bytes of zeros (a hole), not materialized."""
+
+    size: int
+
+
+#: a file's data as read: bytes, or runs of zeros for its holes
+Piece = bytes | memoryview | ZeroRun
 
 
 class SparseError(ValueError):
@@ -172,39 +182,32 @@ def expand(
     fragments: tuple[Fragment, ...],
     size: int,
     data: Callable[[int], Iterable[bytes | memoryview]],
-    block_size: int,
-) -> Iterator[bytes | memoryview]:
-    """The real file's bytes, ``block_size`` at a time (the last block may be short):
-    zeros for the holes, ``data(n)`` (the next ``n`` stored bytes, in pieces) for the
-    fragments. A block made only of a hole is a view of one shared zero block."""
-    zeros = memoryview(bytes(block_size))
-    pending: list[bytes | memoryview] = []
-    have = 0
-
-    def pieces() -> Iterator[bytes | memoryview]:
-        position = 0
-        for offset, length in fragments:
-            yield from _zeros(zeros, offset - position)
-            yield from data(length)
-            position = offset + length
-        yield from _zeros(zeros, size - position)
-
-    for piece in pieces():
-        view = memoryview(piece)
-        while view:
-            take = min(len(view), block_size - have)
-            pending.append(view[:take])
-            have += take
-            view = view[take:]
-            if have == block_size:
-                yield pending[0] if len(pending) == 1 else b"".join(pending)
-                pending, have = [], 0
-    if have:
-        yield b"".join(pending)
+) -> Iterator[Piece]:
+    """The real file's contents: a ``ZeroRun`` for each hole (between fragments, and
+    after the last up to ``size``), and ``data(n)`` (the next ``n`` stored bytes, in
+    pieces) for each fragment. No run is empty."""
+    position = 0
+    for offset, length in fragments:
+        if offset > position:
+            yield ZeroRun(offset - position)
+        yield from data(length)
+        position = offset + length
+    if size > position:
+        yield ZeroRun(size - position)
 
 
-def _zeros(zeros: memoryview, count: int) -> Iterator[memoryview]:
-    while count > 0:
-        step = min(count, len(zeros))
-        yield zeros[:step]
-        count -= step
+def zero_filled(pieces: Iterable[Piece], block_size: int) -> Iterator[bytes | memoryview]:
+    """``pieces`` with each ``ZeroRun`` as zeros, ``block_size`` at most at a time (views
+    of one shared zero block): for consumers that need every byte."""
+    zeros: memoryview | None = None
+    for piece in pieces:
+        if not isinstance(piece, ZeroRun):
+            yield piece
+            continue
+        if zeros is None:
+            zeros = memoryview(bytes(block_size))
+        count = piece.size
+        while count > 0:
+            step = min(count, block_size)
+            yield zeros[:step]
+            count -= step
