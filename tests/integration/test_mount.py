@@ -321,6 +321,19 @@ def test_ketch_run_on_a_lazy_mount(
     )
 
 
+def test_ketch_run_with_a_state_dir_reached_through_a_symlink(
+    ketch_layout: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # runc refuses a rootfs path with a symlink in it; containers live in the state dir.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.setenv("KETCH_STATE_DIR", str(tmp_path / "link" / "state"))
+    result = ketch(
+        "run", f"oci:{ketch_layout}:py1", "--cache-dir", str(tmp_path / "cache"), "--rm-mount"
+    )
+    assert result.stdout.strip() == '{"ok": true}'
+
+
 def test_overlayfs_over_the_mount(mount: MountFactory, tmp_path: Path) -> None:
     mounted = mount("py1")
     original = (mounted.path / "app" / "main.py").read_bytes()

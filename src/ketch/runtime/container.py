@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -38,7 +39,9 @@ def run_image(
     container id. Arguments are as ``write_bundle`` and ``run_container``.
     """
     container_id = container_id or new_container_id()
-    state_dir = state_dir.absolute()
+    # runc refuses a rootfs path with a symlink in it: resolve the parents (the dir
+    # itself does not exist yet).
+    state_dir = Path(os.path.realpath(state_dir.absolute().parent)) / state_dir.name
     if state_dir.exists():
         raise StorageError(f"container state dir {state_dir}: expected none, found one")
     find_runc(runc)  # fail before mounting anything
