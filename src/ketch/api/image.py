@@ -14,6 +14,7 @@ import stat
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 from ketch.api.chunk_source import choose_cache, chunk_source
@@ -77,8 +78,16 @@ class Image:
     """An opened Ketch image: its tree from the bootstrap, its files' bytes fetched on
     first read. Thread-safe; ``close`` (or ``with``) releases the store's connections."""
 
-    def __init__(self, reference: str, image: KetchImage, reader: CachedChunkReader) -> None:
+    def __init__(
+        self,
+        reference: str,
+        image: KetchImage,
+        reader: CachedChunkReader,
+        cache_dir: Path | None = None,
+    ) -> None:
         self.reference = reference
+        #: the chunk cache this image reads through (None: none, chunks in memory only)
+        self.cache_dir = cache_dir
         self._image = image
         self._reader = reader
         self._fs = ImageFS(image.bootstrap, reader)
@@ -280,4 +289,4 @@ def open_image(reference: str, options: ImageOptions | None = None) -> Image:
         if callable(close):
             close()
         raise
-    return Image(reference, image, reader)
+    return Image(reference, image, reader, choice.root)
