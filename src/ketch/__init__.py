@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         StorageError,
         UsageError,
     )
+    from ketch.image.check import CheckReport
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ _HOMES = {
     "convert": "ketch.api.convert",
     "BuildOptions": "ketch.builder.image_builder",
     "BuildSummary": "ketch.builder.image_builder",
+    "CheckReport": "ketch.image.check",
     "ImageOptions": "ketch.config",
     "StoreOptions": "ketch.config",
     "RegistryOptions": "ketch.config",
@@ -57,6 +59,7 @@ _HOMES = {
 __all__ = [
     "BuildOptions",
     "BuildSummary",
+    "CheckReport",
     "ChunkReadError",
     "Image",
     "ImageOptions",

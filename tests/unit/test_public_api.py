@@ -198,6 +198,20 @@ def test_a_corrupt_chunk_is_an_eio_oserror_never_bytes(tree: Path, tmp_path: Pat
             image.read_bytes("/data/big.bin")
 
 
+def test_inspect_and_check(image: ketch.Image, tree: Path) -> None:
+    summary = image.inspect()
+    assert summary["manifest_digest"] == image.manifest_digest
+    assert summary["root_digest"] == image.root_digest
+    assert summary["reference"] == image.name
+    entry = image.inspect("/data/big.bin")
+    assert entry["size"] == (tree / "data/big.bin").stat().st_size
+    assert len(entry["chunks"]) == 6
+    seen: list[int] = []
+    report = image.check(seen.append)
+    assert isinstance(report, ketch.CheckReport) and report.ok
+    assert sum(seen) == report.bytes > 0
+
+
 def test_the_cache_serves_a_second_open(image_ref: str, tmp_path: Path) -> None:
     options = ketch.ImageOptions(cache_dir=tmp_path / "cache")
     with ketch.open_image(image_ref, options) as first:

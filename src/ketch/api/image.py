@@ -12,10 +12,11 @@ import errno
 import io
 import stat
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from ketch.api.chunk_source import choose_cache, chunk_source
 from ketch.api.image_file import ImageFile
@@ -23,6 +24,8 @@ from ketch.config import ImageOptions
 from ketch.errors import PathIsADirectoryError, PathNotFoundError, local_file_error
 from ketch.format.bootstrap import ROOT_INODE
 from ketch.fs.image_fs import ImageFS
+from ketch.image.check import CheckReport, check_image
+from ketch.image.inspect import entry_summary, image_summary
 from ketch.image.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.open import open_store
@@ -103,6 +106,11 @@ class Image:
         """The Merkle digest of the whole tree, ``ALGO:HEX``."""
         bootstrap = self._image.bootstrap
         return f"{bootstrap.digest_algorithm.label}:{bootstrap.root_digest.hex()}"
+
+    @property
+    def name(self) -> str:
+        """The image as its store names it (``ketch inspect`` prints this)."""
+        return self._image.name
 
     @property
     def fetched_bytes(self) -> int:
@@ -195,6 +203,22 @@ class Image:
     def read_bytes(self, path: str | bytes) -> bytes:
         with self.open(path) as f:
             return f.read()
+
+    # -- the whole image -----------------------------------------------------------------
+
+    def inspect(self, path: str | None = None) -> dict[str, Any]:
+        """``ketch inspect --json``: what the image holds, from its bootstrap alone; with
+        ``path``, that entry (a final symlink not followed), its chunks included."""
+        if path is None:
+            return image_summary(self._image)
+        return entry_summary(self._image.bootstrap, path)
+
+    def check(self, on_bytes: Callable[[int], None] | None = None) -> CheckReport:
+        """``ketch check``: the bootstrap and every chunk of every blob read and verified
+        (``on_bytes`` is told of the bytes as they are checked)."""
+        if on_bytes is None:
+            return check_image(self._image)
+        return check_image(self._image, on_bytes)
 
     # -- life ---------------------------------------------------------------------------
 
