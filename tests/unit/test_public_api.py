@@ -15,6 +15,7 @@ import fsspec
 import pytest
 
 import ketch
+from ketch.config import from_json, to_json
 from ketch.errors import ChunkReadError, IntegrityError, NotFoundError, UsageError
 from tests.fixtures import ocilayout as oci
 from tests.fixtures.fsspec_entry_point import entry_point_dir
@@ -235,11 +236,25 @@ def test_a_user_cache_when_the_node_cache_is_not_configured_writable(
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     with ketch.open_image(image_ref) as image:
         image.read_bytes("/etc/os-release")
+        assert image.cache_dir == tmp_path / "xdg/ketch"
     assert list((tmp_path / "xdg/ketch/chunks").rglob("*"))
+    # A node cache configured and writable is the one used.
+    config.write_text(f'[cache]\ndir = "{tmp_path / "node"}"\n')
+    with ketch.open_image(image_ref) as image:
+        image.read_bytes("/etc/os-release")
+        assert image.cache_dir == tmp_path / "node"
+    assert list((tmp_path / "node/chunks").rglob("*"))
     # Neither usable: no cache at all, and still every byte.
     monkeypatch.setenv("XDG_CACHE_HOME", str(node / "below-a-file"))
     with ketch.open_image(image_ref) as image:
         assert image.read_bytes("/etc/os-release") == b'NAME="Ketch"\nID=ketch\n'
+
+
+def test_image_options_are_settings_records() -> None:
+    options = ketch.ImageOptions(cache_dir=Path("/tmp/c"), cache_size=1 << 30)
+    assert from_json(ketch.ImageOptions, to_json(options), "options") == options
+    with pytest.raises(UsageError):
+        from_json(ketch.ImageOptions, {"cache_size": -1}, "options")
 
 
 def test_convert(tmp_path: Path) -> None:
