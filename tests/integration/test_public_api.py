@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,6 +66,30 @@ def test_a_user_without_root_or_fuse_reads_a_file_of_a_registry_image(
     # A home nobody can write, and a node cache configured that nobody can use.
     home = Path(tempfile.mkdtemp(prefix="ketch-api-home-"))
     node_cache = Path(tempfile.mkdtemp(prefix="ketch-api-node-cache-"))  # root's, 0700
+    try:
+        with entry_point_dir() as entry_points:
+            found = _run_as_nobody(home, node_cache, entry_points, reference, path)
+        assert sorted(p.name for p in home.iterdir()) == ["config.toml"]
+        assert list(node_cache.iterdir()) == []
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(node_cache, ignore_errors=True)
+    assert found["uid"] != 0
+    assert bytes.fromhex(found["data"]) == expected
+    assert bytes.fromhex(found["fsspec"]) == expected
+    assert found["cache_dir"] is None  # neither cache usable: none, and still every byte
+
+    # Only the file's chunks were fetched, by each reader: a tiny part of the image.
+    needed = _file_chunks_bytes(reference, path)
+    assert found["fetched"] == found["fsspec_fetched"] == needed
+    assert needed * 1000 < summary.stored_bytes
+
+
+def _run_as_nobody(
+    home: Path, node_cache: Path, entry_points: Path, reference: str, path: str
+) -> dict[str, Any]:
+    """Run ``_SCRIPT`` as nobody, with ``home`` as HOME and a configuration naming
+    ``node_cache``; what it printed."""
     os.chmod(home, 0o755)
     config = home / "config.toml"
     config.write_text(f'[cache]\ndir = "{node_cache}"\n')
@@ -73,7 +99,7 @@ def test_a_user_without_root_or_fuse_reads_a_file_of_a_registry_image(
         "HOME": str(home),
         "XDG_CACHE_HOME": str(home / "cache"),
         "KETCH_CONFIG": str(config),
-        "PYTHONPATH": f"{REPO_ROOT / 'src'}:{entry_point_dir()}",
+        "PYTHONPATH": f"{REPO_ROOT / 'src'}:{entry_points}",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     url = f"ketch://{reference}/{path}"
@@ -97,15 +123,5 @@ def test_a_user_without_root_or_fuse_reads_a_file_of_a_registry_image(
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    found = json.loads(result.stdout)
-    assert found["uid"] != 0
-    assert bytes.fromhex(found["data"]) == expected
-    assert bytes.fromhex(found["fsspec"]) == expected
-    assert found["cache_dir"] is None  # neither cache usable: none, and still every byte
-    assert sorted(p.name for p in home.iterdir()) == ["config.toml"]
-    assert list(node_cache.iterdir()) == []
-
-    # Only the file's chunks were fetched, by each reader: a tiny part of the image.
-    needed = _file_chunks_bytes(reference, path)
-    assert found["fetched"] == found["fsspec_fetched"] == needed
-    assert needed * 1000 < summary.stored_bytes
+    found: dict[str, Any] = json.loads(result.stdout)
+    return found

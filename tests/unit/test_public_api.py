@@ -272,10 +272,15 @@ def test_convert(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def registered() -> None:
+def registered() -> Iterator[None]:
     """The protocol registered from pyproject's entry point, by fsspec's own discovery."""
-    sys.path.append(str(entry_point_dir()))
-    fsspec.process_entries()
+    with entry_point_dir() as directory:
+        sys.path.append(str(directory))
+        try:
+            fsspec.process_entries()
+            yield
+        finally:
+            sys.path.remove(str(directory))
 
 
 def test_fsspec_filesystem(registered: None, image_ref: str, tree: Path) -> None:
