@@ -16,7 +16,8 @@ fsspec protocol), so a reference that contains ``//`` itself goes in ``image=``.
 Paths are absolute (``/etc/os-release``; a relative one is taken from the root). A
 missing path is ``FileNotFoundError``; a directory opened is ``IsADirectoryError``;
 symlinks are followed inside the image. The opened image is shared by every instance of
-the same reference and options in a process (fsspec makes an instance per thread).
+the same reference and options in a process (fsspec makes an instance per thread), for
+the last ``SHARED_IMAGES`` references asked for.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import io
 import os
 import stat
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -37,8 +39,12 @@ from ketch.errors import PathNotFoundError
 PROTOCOL = "ketch"
 _TRANSPORTS = ("docker://", "oci:", "s3://")
 
+#: opened images kept for new instances, least recently asked for dropped first (an
+#: instance keeps its own image open however many others are opened after it)
+SHARED_IMAGES = 8
+
 _lock = threading.Lock()
-_opened: dict[tuple[int, str, ImageOptions | None], Image] = {}
+_opened: OrderedDict[tuple[int, str, ImageOptions | None], Image] = OrderedDict()
 
 
 def split_url(url: str) -> tuple[str | None, str]:
@@ -62,6 +68,9 @@ def _shared_image(reference: str, options: ImageOptions | None) -> Image:
         image = _opened.get(key)
         if image is None:
             image = _opened[key] = open_image(reference, options)
+        _opened.move_to_end(key)
+        while len(_opened) > SHARED_IMAGES:
+            _opened.popitem(last=False)
         return image
 
 
