@@ -1,3 +1,93 @@
-"""Ketch: lazily-loaded, deduplicated, verifiable container images."""
+"""Ketch: lazily-loaded, deduplicated, verifiable container images.
+
+The public Python API (docs/api.md)::
+
+    import ketch
+
+    with ketch.open_image("docker://registry.example/app:1.0") as image:
+        print(image.open("/etc/os-release").read())
+
+Names are imported on first use, so ``import ketch`` stays cheap for the CLI and daemons.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ketch.api.convert import convert
+    from ketch.api.image import Image, ImageStat, open_image
+    from ketch.builder.image_builder import BuildOptions, BuildSummary
+    from ketch.config import ImageOptions, RegistryOptions, S3Config, StoreOptions
+    from ketch.errors import (
+        ChunkReadError,
+        IntegrityError,
+        KetchError,
+        NotFoundError,
+        PathIsADirectoryError,
+        PathNotFoundError,
+        StorageError,
+        UsageError,
+    )
+    from ketch.image.check import CheckReport
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "open_image": "ketch.api.image",
+    "Image": "ketch.api.image",
+    "ImageStat": "ketch.api.image",
+    "convert": "ketch.api.convert",
+    "BuildOptions": "ketch.builder.image_builder",
+    "BuildSummary": "ketch.builder.image_builder",
+    "CheckReport": "ketch.image.check",
+    "ImageOptions": "ketch.config",
+    "StoreOptions": "ketch.config",
+    "RegistryOptions": "ketch.config",
+    "S3Config": "ketch.config",
+    "KetchError": "ketch.errors",
+    "UsageError": "ketch.errors",
+    "NotFoundError": "ketch.errors",
+    "IntegrityError": "ketch.errors",
+    "StorageError": "ketch.errors",
+    "PathNotFoundError": "ketch.errors",
+    "PathIsADirectoryError": "ketch.errors",
+    "ChunkReadError": "ketch.errors",
+}
+
+__all__ = [
+    "BuildOptions",
+    "BuildSummary",
+    "CheckReport",
+    "ChunkReadError",
+    "Image",
+    "ImageOptions",
+    "ImageStat",
+    "IntegrityError",
+    "KetchError",
+    "NotFoundError",
+    "PathIsADirectoryError",
+    "PathNotFoundError",
+    "RegistryOptions",
+    "S3Config",
+    "StorageError",
+    "StoreOptions",
+    "UsageError",
+    "__version__",
+    "convert",
+    "open_image",
+]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'ketch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

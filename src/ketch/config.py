@@ -233,6 +233,20 @@ class DaemonConfig:
     store: StoreOptions = field(default_factory=StoreOptions)
 
 
+@dataclass(frozen=True, slots=True)
+class ImageOptions:
+    """How the public Python API (``ketch.open_image``, the fsspec filesystem) reaches and
+    reads an image."""
+
+    store: StoreOptions = field(default_factory=StoreOptions)
+    # The chunk cache (chunks/ and bootstraps/ under it). None: the node-wide cache of the
+    # configuration in force ([cache] dir) if this user can write it, else
+    # $XDG_CACHE_HOME/ketch (~/.cache/ketch) if it can be made, else none.
+    cache_dir: Path | None = None
+    cache: bool = True  # False: no chunk cache at all (chunks are held in memory only)
+    cache_size: int = _ranged(0, 0, MAX_SIZE, integer=True)  # bytes; 0: no limit
+
+
 # -- dataclass <-> JSON ----------------------------------------------------------------
 
 

@@ -12,11 +12,20 @@ that names the path or digest involved, and the exit code the CLI returns for it
     ├── StorageError                exit 7   reading or writing a backend failed
     └── LocalFileError              exit 8   a local path cannot be created, read or written
 
+Three leaves are also the ``OSError`` a file API raises (``errno`` and ``filename`` set),
+so that code written for files (fsspec, pandas, ``io``) handles them as it handles a
+local file's: ``PathNotFoundError`` (a ``NotFoundError`` and ``FileNotFoundError``,
+ENOENT, ELOOP or ENOTDIR), ``PathIsADirectoryError`` (a ``UsageError`` and
+``IsADirectoryError``, EISDIR) and ``ChunkReadError`` (an ``IntegrityError`` and an
+``OSError`` EIO: a chunk of the file failed verification; no byte of it is served).
+
 An ``OSError`` from a local path becomes a ``LocalFileError`` through ``local_file_error``,
 which names the path and the reason (the CLI does this for any it is handed).
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class KetchError(Exception):
@@ -74,6 +83,44 @@ class LocalFileError(KetchError):
     written: no such directory, not a directory, permission denied, disk full."""
 
     exit_code = 8
+
+
+class _FileAPIError(KetchError, OSError):
+    """A KetchError that is also an ``OSError`` with ``errno`` and ``filename`` (a path
+    inside an image); ``str()`` is the one-line message, as for every KetchError."""
+
+    default_errno = errno.EIO
+
+    def __init__(self, message: str, path: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = self.default_errno if code is None else code
+        self.strerror = self.message
+        self.filename = path
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.message, self.filename, self.errno))
+
+
+class PathNotFoundError(_FileAPIError, NotFoundError, FileNotFoundError):
+    """No such path in an image (ENOENT), a symlink loop (ELOOP), or a path through a
+    file (ENOTDIR)."""
+
+    default_errno = errno.ENOENT
+
+
+class PathIsADirectoryError(_FileAPIError, UsageError, IsADirectoryError):
+    """A directory of an image opened or read as a file (EISDIR)."""
+
+    default_errno = errno.EISDIR
+
+
+class ChunkReadError(_FileAPIError, IntegrityError):
+    """A chunk of a file in an image failed verification (EIO): no byte of it is served."""
+
+    default_errno = errno.EIO
 
 
 def local_file_error(exc: OSError, path: object = None, doing: str = "") -> LocalFileError:

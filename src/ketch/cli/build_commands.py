@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ketch import convert
 from ketch.builder.image_builder import BuildOptions, BuildSummary, ImageBuilder
 from ketch.cli.image_commands import open_image
 from ketch.cli.progress import progress as make_progress
@@ -57,15 +58,16 @@ def _print_build(summary: BuildSummary, as_json: bool) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    source, source_tag = open_store(args.source, store_options(args, args.config_values, "src"))
-    dest, dest_tag = open_store(
-        args.dest, store_options(args, args.config_values, "dest"), create=True
-    )
     options = _build_options(args)
     with make_progress(enabled=None if not args.json else False) as progress:
-        builder = ImageBuilder(dest, options, progress)
-        builder.convert(source, source_tag)
-        summary = builder.finish(dest_tag)
+        summary = convert(
+            args.source,
+            args.dest,
+            options,
+            source_store=store_options(args, args.config_values, "src"),
+            dest_store=store_options(args, args.config_values, "dest"),
+            progress=progress,
+        )
     _print_build(summary, args.json)
     return 0
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import ketch
+from ketch import Image, ImageOptions
 from ketch.cli.progress import progress as make_progress
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size, report
@@ -14,8 +16,7 @@ from ketch.config import StoreOptions
 from ketch.errors import local_file_error
 from ketch.fs.image_fs import ImageFS
 from ketch.fs.unpack import unpack
-from ketch.image.check import check_image
-from ketch.image.inspect import entry_summary, image_summary
+from ketch.image.inspect import image_summary
 from ketch.image.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.open import open_store
 from ketch.storage.windowed_reader import WindowedChunkReader
@@ -50,16 +51,27 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _public_image(args: argparse.Namespace) -> Image:
+    """The image of ``args.image`` through the public API (no chunk cache: these commands
+    read the bootstrap, or check every blob once)."""
+    options = ImageOptions(store=store_options(args, args.config_values), cache=False)
+    return ketch.open_image(args.image, options)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    image = open_image(args.image, store_options(args, args.config_values))
+    with _public_image(args) as image:
+        return _inspect(args, image)
+
+
+def _inspect(args: argparse.Namespace, image: Image) -> int:
     if args.path:
-        entry = entry_summary(image.bootstrap, args.path)
+        entry = image.inspect(args.path)
         if args.json:
             print(json.dumps(entry, indent=2))
         else:
             _print_entry(entry)
         return 0
-    summary = image_summary(image)
+    summary = image.inspect()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -100,10 +112,14 @@ def _print_entry(entry: dict[str, Any]) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    image = open_image(args.image, store_options(args, args.config_values))
+    with _public_image(args) as image:
+        return _check(args, image)
+
+
+def _check(args: argparse.Namespace, image: Image) -> int:
     with make_progress(enabled=None if not args.json else False) as progress:
-        task = progress.bytes_task("check", image_summary(image)["unique_bytes"])
-        report = check_image(image, lambda n: progress.advance_task(task, n))
+        task = progress.bytes_task("check", image.inspect()["unique_bytes"])
+        report = image.check(lambda n: progress.advance_task(task, n))
     if args.json:
         print(
             json.dumps(
