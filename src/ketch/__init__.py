@@ -16,9 +16,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ketch.api.convert import convert
-    from ketch.api.image import Image, ImageStat, open_image
+    from ketch.api.build import build, convert, read_prefetch_list
+    from ketch.api.image import Image, ImageStat, UnpackReport, open_image
     from ketch.builder.image_builder import BuildOptions, BuildSummary
+    from ketch.builder.progress import Progress
     from ketch.config import ImageOptions, RegistryOptions, S3Config, StoreOptions
     from ketch.errors import (
         ChunkReadError,
@@ -38,9 +39,13 @@ _HOMES = {
     "open_image": "ketch.api.image",
     "Image": "ketch.api.image",
     "ImageStat": "ketch.api.image",
-    "convert": "ketch.api.convert",
+    "UnpackReport": "ketch.api.image",
+    "convert": "ketch.api.build",
+    "build": "ketch.api.build",
+    "read_prefetch_list": "ketch.api.build",
     "BuildOptions": "ketch.builder.image_builder",
     "BuildSummary": "ketch.builder.image_builder",
+    "Progress": "ketch.builder.progress",
     "CheckReport": "ketch.image.check",
     "ImageOptions": "ketch.config",
     "StoreOptions": "ketch.config",
@@ -69,14 +74,18 @@ __all__ = [
     "NotFoundError",
     "PathIsADirectoryError",
     "PathNotFoundError",
+    "Progress",
     "RegistryOptions",
     "S3Config",
     "StorageError",
     "StoreOptions",
+    "UnpackReport",
     "UsageError",
     "__version__",
+    "build",
     "convert",
     "open_image",
+    "read_prefetch_list",
 ]
 
 

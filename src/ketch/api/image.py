@@ -24,11 +24,13 @@ from ketch.config import ImageOptions
 from ketch.errors import PathIsADirectoryError, PathNotFoundError, local_file_error
 from ketch.format.bootstrap import ROOT_INODE
 from ketch.fs.image_fs import ImageFS
+from ketch.fs.unpack import unpack
 from ketch.image.check import CheckReport, check_image
 from ketch.image.inspect import entry_summary, image_summary
 from ketch.image.ketch_image import KetchImage, open_ketch_image
 from ketch.storage.cached_reader import CachedChunkReader
 from ketch.storage.open import open_store
+from ketch.storage.windowed_reader import WindowedChunkReader
 
 MAX_SYMLINKS = 40  # links followed in one path, as Linux's path walk allows
 BUFFER_SIZE = 256 << 10  # of the io.BufferedReader ``Image.open`` returns
@@ -42,6 +44,14 @@ _TYPES = {
     stat.S_IFIFO: "fifo",
     stat.S_IFSOCK: "socket",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class UnpackReport:
+    """What ``Image.unpack`` wrote, and what it fetched from the store to do it."""
+
+    files: int
+    fetched_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +229,20 @@ class Image:
         if on_bytes is None:
             return check_image(self._image)
         return check_image(self._image, on_bytes)
+
+    def unpack(
+        self, dest: str | Path, on_bytes: Callable[[int], None] | None = None
+    ) -> UnpackReport:
+        """``ketch unpack``: write the tree to the directory ``dest`` (created; it must be
+        empty if it exists), as root would unpack it: owners, modes, xattrs, devices.
+        Blobs are read in large verified windows, not through the chunk cache."""
+        reader = WindowedChunkReader(self._image.store, self._image.bootstrap.digest_algorithm)
+        fs = ImageFS(self._image.bootstrap, reader)
+        try:
+            files = unpack(fs, Path(dest), on_bytes or (lambda n: None))
+        except OSError as exc:
+            raise local_file_error(exc, dest, "cannot unpack there") from None
+        return UnpackReport(files, reader.backend_bytes)
 
     # -- life ---------------------------------------------------------------------------
 

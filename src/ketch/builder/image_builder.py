@@ -55,11 +55,17 @@ class BuildOptions:
     digest: str = BUILD.digest
     source_date_epoch: int | None = None
     workers: int = field(default_factory=lambda: build_workers(BUILD.workers))
+    # Opened images whose chunks this build reuses; ``ketch.convert`` and ``ketch.build``
+    # open them from the references they are given.
     chunk_dicts: list[KetchImage] = field(default_factory=list)
-    platform: Platform | None = None
+    platform: str | None = None  # OS/ARCH[/VARIANT] to pick from an index (default linux/amd64)
     # Files to fetch first after a mount (an access trace, e.g. from `ketch status --json`),
     # stored in the bootstrap's prefetch table; paths not in the image are skipped.
     prefetch_paths: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.platform is not None:
+            Platform.parse(self.platform)  # a bad spelling fails before any work
 
 
 @dataclass(slots=True)
@@ -123,7 +129,8 @@ class ImageBuilder:
     def convert(self, source: ImageStore, tag: str) -> None:
         """Add every layer of an OCI image, and take its config; the image written names
         this source manifest."""
-        descriptor, manifest, _ = source.resolve(tag, self.options.platform)
+        platform = Platform.parse(self.options.platform) if self.options.platform else None
+        descriptor, manifest, _ = source.resolve(tag, platform)
         self.source_descriptor = Descriptor(manifest.media_type, descriptor.digest, descriptor.size)
         self.config = source.read_config(manifest)
         buffers = BufferPool()  # decompression buffers, shared by the layers in turn

@@ -6,16 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ketch import convert
-from ketch.builder.image_builder import BuildOptions, BuildSummary, ImageBuilder
-from ketch.cli.image_commands import open_image
+from ketch import BuildOptions, BuildSummary, build, convert, read_prefetch_list
 from ketch.cli.progress import progress as make_progress
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size
 from ketch.config import build_workers
-from ketch.format.prefetch_list import read_prefetch_list
-from ketch.oci.manifest import Platform
-from ketch.storage.open import open_store
 
 
 def _build_options(args: argparse.Namespace) -> BuildOptions:
@@ -27,11 +22,7 @@ def _build_options(args: argparse.Namespace) -> BuildOptions:
         digest=args.digest,
         source_date_epoch=args.source_date_epoch,
         workers=build_workers(args.workers),
-        chunk_dicts=[
-            open_image(ref, store_options(args, args.config_values, "dest"))
-            for ref in args.chunk_dict
-        ],
-        platform=Platform.parse(args.platform) if getattr(args, "platform", None) else None,
+        platform=getattr(args, "platform", None) or None,
         prefetch_paths=read_prefetch_list(args.prefetch_list) if args.prefetch_list else [],
     )
 
@@ -66,6 +57,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             options,
             source_store=store_options(args, args.config_values, "src"),
             dest_store=store_options(args, args.config_values, "dest"),
+            chunk_dicts=args.chunk_dict,
             progress=progress,
         )
     _print_build(summary, args.json)
@@ -73,15 +65,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    dest, dest_tag = open_store(
-        args.dest, store_options(args, args.config_values, "dest"), create=True
-    )
     options = _build_options(args)
     with make_progress(enabled=None if not args.json else False) as progress:
-        builder = ImageBuilder(dest, options, progress)
-        builder.add_directory(
-            Path(args.rootfs), cmd=args.cmd or (), env=args.env or (), workdir=args.workdir
+        summary = build(
+            Path(args.rootfs),
+            args.dest,
+            options,
+            cmd=args.cmd or (),
+            env=args.env or (),
+            workdir=args.workdir,
+            dest_store=store_options(args, args.config_values, "dest"),
+            chunk_dicts=args.chunk_dict,
+            progress=progress,
         )
-        summary = builder.finish(dest_tag)
     _print_build(summary, args.json)
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import ketch
@@ -12,41 +11,25 @@ from ketch import Image, ImageOptions
 from ketch.cli.progress import progress as make_progress
 from ketch.cli.store_options import store_options
 from ketch.cli.values import human_size, report
-from ketch.config import StoreOptions
-from ketch.errors import local_file_error
-from ketch.fs.image_fs import ImageFS
-from ketch.fs.unpack import unpack
-from ketch.image.inspect import image_summary
-from ketch.image.ketch_image import KetchImage, open_ketch_image
-from ketch.storage.open import open_store
-from ketch.storage.windowed_reader import WindowedChunkReader
-
-
-def open_image(reference: str, options: StoreOptions) -> KetchImage:
-    store, tag = open_store(reference, options)
-    return open_ketch_image(store, tag)
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    image = open_image(args.image, store_options(args, args.config_values))
-    reader = WindowedChunkReader(image.store, image.bootstrap.digest_algorithm)
-    fs = ImageFS(image.bootstrap, reader)
-    total = image_summary(image)["bytes"]
-    with make_progress(enabled=None if not args.json else False) as progress:
-        task = progress.bytes_task("unpack", total)
-        try:
-            files = unpack(fs, Path(args.dest), lambda n: progress.advance_task(task, n))
-        except OSError as exc:
-            raise local_file_error(exc, args.dest, "cannot unpack there") from None
-    result = {
-        "reference": image.name,
-        "dest": args.dest,
-        "files": files,
-        "bytes": total,
-        "fetched_bytes": reader.backend_bytes,
-    }
+    with _public_image(args) as image:
+        total = image.inspect()["bytes"]
+        with make_progress(enabled=None if not args.json else False) as progress:
+            task = progress.bytes_task("unpack", total)
+            done = image.unpack(args.dest, lambda n: progress.advance_task(task, n))
+        result = {
+            "reference": image.name,
+            "dest": args.dest,
+            "files": done.files,
+            "bytes": total,
+            "fetched_bytes": done.fetched_bytes,
+        }
     report(
-        args, result, f"unpacked {image.name} to {args.dest}: {files} files, {human_size(total)}"
+        args,
+        result,
+        f"unpacked {result['reference']} to {args.dest}: {done.files} files, {human_size(total)}",
     )
     return 0
 

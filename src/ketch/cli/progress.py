@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-from ketch.builder.progress import Progress as BuildProgress
+from ketch.api.build import Progress as BuildProgress
 
 
 class CliProgress(BuildProgress):

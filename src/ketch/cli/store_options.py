@@ -7,17 +7,9 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from ketch.api.options import mirrors_for
 from ketch.cli.values import ranged
-from ketch.config import (
-    Config,
-    MirrorConfig,
-    RegistryConfig,
-    RegistryOptions,
-    StoreOptions,
-    bounds_of,
-)
-from ketch.errors import UsageError
-from ketch.oci.reference import RegistryReference, canonical_registry, parse_reference
+from ketch.config import Config, RegistryConfig, RegistryOptions, StoreOptions, bounds_of
 
 
 def parse_bool(text: str) -> bool:
@@ -108,7 +100,7 @@ def store_options(args: argparse.Namespace, config: Config, side: str = "") -> S
         mirrors=tuple(
             args.mirror
             if args.mirror
-            else _mirrors_for(registry.mirrors, _registry_host(args, side))
+            else mirrors_for(registry.mirrors, _image_reference(args, side))
         ),
         health_check_interval=(
             args.health_check_interval
@@ -119,23 +111,7 @@ def store_options(args: argparse.Namespace, config: Config, side: str = "") -> S
     )
 
 
-def _registry_host(args: argparse.Namespace, side: str) -> str | None:
-    """The registry host of the command's image on ``side`` (None if not a registry)."""
+def _image_reference(args: argparse.Namespace, side: str) -> str | None:
+    """The command's image reference on ``side`` (convert has two)."""
     text = getattr(args, {"src": "source", "dest": "dest"}.get(side, "image"), None)
-    if not isinstance(text, str):
-        return None
-    try:
-        ref = parse_reference(text)
-    except UsageError:
-        return None  # the command reports it when it opens the store
-    return ref.registry if isinstance(ref, RegistryReference) else None
-
-
-def _mirrors_for(mirrors: tuple[MirrorConfig, ...], host: str | None) -> list[str]:
-    """The configured mirror URLs for ``host``: those for "*" and those naming it."""
-    if host is None:
-        return []
-    wanted = canonical_registry(host)
-    return [
-        m.url for m in mirrors if m.url and (m.host == "*" or canonical_registry(m.host) == wanted)
-    ]
+    return text if isinstance(text, str) else None
