@@ -4,8 +4,10 @@ Metadata comes from the mmapped bootstrap and is answered on the event loop (a f
 record reads). File reads may fetch, decompress and verify chunks, so they run in worker
 threads and never block the loop, unless every chunk they need is already in the reader's
 memory (verified when it got there, typically by sequential prefetch): those are
-answered on the loop. The image is immutable: entries and attributes are cached by the kernel for a day,
-and the page cache is kept across opens.
+answered on the loop. The image is immutable: entries and attributes are cached by the
+kernel for a day, and the page cache is kept across opens. ``statfs`` is answered
+(overlayfs refuses a lower layer without it). Any exception of a handler becomes EIO with
+one ERROR line: pyfuse3 would end the daemon on it.
 """
 
 from __future__ import annotations
