@@ -20,7 +20,7 @@ from typing import IO
 from ketch.errors import IntegrityError, NotFoundError, StorageError
 from ketch.oci.index import follow_to_manifest
 from ketch.oci.manifest import Descriptor, Manifest, Platform
-from ketch.storage.store import ImageStore
+from ketch.storage.store import ImageStore, checked_range
 
 _COPY_BLOCK = 1 << 20
 
@@ -52,12 +52,7 @@ class MemoryStore(ImageStore):
 
     def read_range(self, digest: str, offset: int, length: int) -> bytes:
         data = self._blob(digest)[offset : offset + length] if offset >= 0 else b""
-        if len(data) != length:
-            raise IntegrityError(
-                f"{self.name}: blob {digest} range [{offset}, {offset + length}): "
-                f"expected {length} bytes, found {len(data)}"
-            )
-        return data
+        return checked_range(self.name, digest, offset, length, data)
 
     def blob_size(self, digest: str) -> int:
         return len(self._blob(digest))

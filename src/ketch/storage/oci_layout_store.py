@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from typing import IO
 
-from ketch.errors import IntegrityError, NotFoundError, StorageError
+from ketch.errors import NotFoundError, StorageError
 from ketch.format.digests import oci_digest
 from ketch.oci.layout import OciLayout
 from ketch.oci.manifest import Descriptor, Manifest, Platform
-from ketch.storage.store import ImageStore
+from ketch.storage.store import ImageStore, checked_range, copy_blob_checked
 
 
 class OciLayoutStore(ImageStore):
@@ -37,12 +37,7 @@ class OciLayoutStore(ImageStore):
             data = os.pread(fd, length, offset)
         finally:
             os.close(fd)
-        if len(data) != length:
-            raise IntegrityError(
-                f"{self.name}: blob {digest} range [{offset}, {offset + length}): "
-                f"expected {length} bytes, found {len(data)}"
-            )
-        return data
+        return checked_range(self.name, digest, offset, length, data)
 
     def blob_size(self, digest: str) -> int:
         return self.layout.blob_size(digest)
@@ -89,16 +84,8 @@ class OciLayoutStore(ImageStore):
     def copy_blob_from(self, other: ImageStore, digest: str) -> None:
         if self.has_blob(digest):
             return
-        with other.open_blob(digest) as src, self.layout.blob_writer() as (out, digests):
-            sha = hashlib.sha256()
-            while block := src.read(1 << 20):
-                sha.update(block)
-                out.write(block)
-            found = oci_digest(sha)
-            if found != digest:
-                raise IntegrityError(
-                    f"{other.name}: blob {digest}: digest: expected {digest}, found {found}"
-                )
+        with self.layout.blob_writer() as (out, digests):
+            copy_blob_checked(other, digest, out)
             digests.append(digest)
 
     def put_manifest(self, data: bytes, media_type: str, tag: str) -> Descriptor:

@@ -80,7 +80,7 @@ from ketch.oci.manifest import (
     load_json,
     parse_index,
 )
-from ketch.storage.store import ImageStore
+from ketch.storage.store import ImageStore, copy_blob_checked
 from ketch.temp_area import local_spool_area
 
 if TYPE_CHECKING:
@@ -454,16 +454,8 @@ class S3Store(ImageStore):
         # a blob that is not what its name says is never stored under that name.
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.scratch_dir())
         try:
-            sha = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out, other.open_blob(digest) as src:
-                while block := src.read(_COPY_BLOCK):
-                    sha.update(block)
-                    out.write(block)
-            found = oci_digest(sha)
-            if found != digest:
-                raise IntegrityError(
-                    f"{other.name}: blob {digest}: digest: expected {digest}, found {found}"
-                )
+            with os.fdopen(fd, "wb") as out:
+                copy_blob_checked(other, digest, out)
             self.push_blob_file(Path(tmp), digest)
         finally:
             Path(tmp).unlink(missing_ok=True)

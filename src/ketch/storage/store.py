@@ -10,11 +10,14 @@ names missing blobs. Storage knows blobs, never inodes.
 from __future__ import annotations
 
 import abc
+import hashlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from ketch.errors import IntegrityError
+from ketch.format.digests import oci_digest
 from ketch.oci.manifest import Descriptor, Manifest, Platform, load_json
 from ketch.storage.retry import FaultStats
 
@@ -125,3 +128,32 @@ class ImageStore(abc.ABC):
     @abc.abstractmethod
     def put_manifest(self, data: bytes, media_type: str, tag: str) -> Descriptor:
         """Store a manifest (its blobs must be present) and point ``tag`` at it, last."""
+
+
+_COPY_BLOCK = 1 << 20
+
+
+def copy_blob_checked(source: ImageStore, digest: str, out: IO[bytes]) -> None:
+    """Stream blob ``digest`` of ``source`` into ``out``, checking it is what its name says
+    (the caller discards ``out`` on the IntegrityError)."""
+    sha = hashlib.sha256()
+    with source.open_blob(digest) as src:
+        while block := src.read(_COPY_BLOCK):
+            sha.update(block)
+            out.write(block)
+    found = oci_digest(sha)
+    if found != digest:
+        raise IntegrityError(
+            f"{source.name}: blob {digest}: digest: expected {digest}, found {found}"
+        )
+
+
+def checked_range(store_name: str, digest: str, offset: int, length: int, data: bytes) -> bytes:
+    """``data``, if it is the ``length`` bytes asked for at ``offset``; else the one error
+    every store gives for a short range."""
+    if len(data) != length:
+        raise IntegrityError(
+            f"{store_name}: blob {digest} range [{offset}, {offset + length}): "
+            f"expected {length} bytes, found {len(data)}"
+        )
+    return data
