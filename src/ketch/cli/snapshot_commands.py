@@ -11,6 +11,7 @@ from types import FrameType
 
 from ketch.cli.store_options import store_options
 from ketch.cli.values import report
+from ketch.daemon.process import setup_logging
 
 
 def cmd_snapshotter(args: argparse.Namespace) -> int:
@@ -20,7 +21,7 @@ def cmd_snapshotter(args: argparse.Namespace) -> int:
     config = args.config_values.snapshotter
     address = args.address or Path(config.address)
     root = args.root or Path(config.root)
-    logging.basicConfig(format="ketch snapshotter: %(message)s", level=logging.INFO)
+    setup_logging()  # the daemons' one line format
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
